@@ -1,0 +1,1 @@
+"""Video data: decoding, sampling, clip-consistent transforms, the TIME grid, shards, dataset presets."""

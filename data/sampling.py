@@ -1,0 +1,83 @@
+"""Which source frames a clip is made of.
+
+Two samplers, both pure functions of (video length, clip spec, random generator):
+
+- ``segment`` (TIME, TSN): L = T* x N^2 frames spread over the whole video (TIME paper, Sec. 3.1).
+- ``stride`` (official VideoMAE): T* consecutive frames every ``sampling_rate`` frames; only for N = 1, so that runs
+  comparable to the official recipe are possible.
+
+Indices are 0-based and always sorted, so a decoder can read them in one forward pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def segment_indices(num_frames: int, length: int, *, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
+    """TIME / TSN segment sampling of ``length`` frames from a video of ``num_frames`` frames.
+
+    Spec decisions (shared/specs/time-layer.md, "Source frames"):
+    - short video (num_frames < length): order-preserving repetition ``idx[i] = floor(i * T / L)``, so every frame
+      appears, in order, about L / T times;
+    - otherwise split [0, T) into L equal segments ``[floor(i T / L), floor((i + 1) T / L))`` and take a uniformly
+      random frame of each in training, the segment centre ``floor((i + 0.5) T / L)`` in evaluation.
+
+    Args:
+        num_frames: T, frames the video really has (>= 1).
+        length: L, frames wanted (>= 1).
+        train: random offsets (True) or segment centres (False).
+        rng: source of randomness; required when ``train``.
+
+    Returns:
+        (L,) int64, sorted, values in [0, T).
+    """
+    if num_frames < 1 or length < 1:
+        raise ValueError(f"need num_frames >= 1 and length >= 1, got {num_frames} and {length}")
+    i = np.arange(length, dtype=np.int64)
+    if num_frames < length:
+        return (i * num_frames) // length
+    if not train:
+        return ((2 * i + 1) * num_frames) // (2 * length)
+    if rng is None:
+        raise ValueError("segment sampling in training needs a random generator")
+    start = (i * num_frames) // length
+    stop = ((i + 1) * num_frames) // length  # stop > start because T >= L
+    return start + (rng.random(length) * (stop - start)).astype(np.int64)
+
+
+def stride_indices(
+    num_frames: int, length: int, stride: int, *, train: bool, rng: np.random.Generator | None = None
+) -> np.ndarray:
+    """Official VideoMAE sampling: ``length`` frames ``stride`` apart from a random (train) or centred (eval) start.
+
+    A video shorter than the span repeats its last frame, as the official loader does (it stops advancing the
+    frame pointer at the end of the video).
+
+    Returns:
+        (length,) int64, sorted, values in [0, T).
+    """
+    if num_frames < 1 or length < 1 or stride < 1:
+        raise ValueError(f"need num_frames, length, stride >= 1, got {num_frames}, {length}, {stride}")
+    span = (length - 1) * stride + 1
+    room = max(num_frames - span, 0)
+    if train:
+        if rng is None:
+            raise ValueError("stride sampling in training needs a random generator")
+        start = int(rng.integers(0, room + 1))
+    else:
+        start = room // 2
+    return np.minimum(start + np.arange(length, dtype=np.int64) * stride, num_frames - 1)
+
+
+def union_indices(draws: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Merge several index draws into one sorted decode list, and say where each draw's frames are in it.
+
+    Used when one decode serves several samples (``--samples-per-decode``): ``frames = get_batch(union)`` and then
+    ``frames[positions[k]]`` are the frames of draw k.
+
+    Returns:
+        (union (U,) sorted unique int64, positions: one (len(draw_k),) int64 array per draw)
+    """
+    union = np.unique(np.concatenate(draws))
+    return union, [np.searchsorted(union, d) for d in draws]

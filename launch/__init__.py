@@ -1,0 +1,1 @@
+"""Run plumbing shared by pretraining and fine-tuning: the `timemae` command, distributed init, launch scripts."""

@@ -1,0 +1,63 @@
+"""The `timemae` command: one entry point, subcommands implemented next to the code they drive.
+
+Each subcommand lives in a module that exposes ``CLI = {name: (add_arguments, run)}``; ``add_arguments(parser)``
+declares the flags and ``run(args) -> int`` does the work. Modules are imported only when their command runs, so
+``timemae --help`` is instant and one broken optional dependency cannot take down every command.
+
+Bad input raises `data.errors.UserError`; it is printed as one line and the process exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from data.errors import UserError
+
+# name -> (module, one-line help). The order is the order `timemae --help` lists them in.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("data.demo", "generate the embedded demo dataset: videos (RGB + depth), manifests and shards"),
+    "manifest": ("data.presets", "build a manifest CSV from a dataset preset (UWA3D, NTU, HMDB51, ...)"),
+    "check": ("data.shards", "check every video of a manifest; bad ones are listed with the reason"),
+    "shards": ("data.shards", "write webdataset shards from a manifest or a dataset preset"),
+    "preview": ("data.preview", "write the TIME clip of one video as PNG frames and a contact sheet"),
+    "bench-loader": ("data.bench", "benchmark clip loading (clips/s per core, decode vs. the rest)"),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {name:<14}{text}" for name, (_, text) in COMMANDS.items())
+    return argparse.ArgumentParser(
+        prog="timemae",
+        description="timemae: TIME-grid video pretraining and fine-tuning.",
+        epilog=f"commands:\n{lines}\n\nRun `timemae COMMAND --help` for the flags of one command.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = _top_parser()
+    top.add_argument("command", choices=list(COMMANDS), metavar="COMMAND", help="one of the commands below")
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        top.parse_args(argv[:1] or ["--help"])  # prints help, or "invalid choice" with exit code 2
+        return 2
+    name, rest = argv[0], argv[1:]
+    module_name, text = COMMANDS[name]
+    add_arguments, run = importlib.import_module(module_name).CLI[name]
+    parser = argparse.ArgumentParser(prog=f"timemae {name}", description=text)
+    add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        return int(run(args) or 0)
+    except UserError as err:
+        print(f"timemae {name}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"timemae {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Models: pure nn.Modules and their builders (no argparse, no DeepSpeed)."""
