@@ -6,7 +6,8 @@ frames. The cells are a fixed fraction of the frame (``CELL_COLS`` x ``CELL_ROWS
 H.264 and decoding at a smaller size (a 64x48 frame has 16x16 px cells; at short side 24 still 8x8).
 
 Public API (reused by other tests; keep it small and stable):
-    write_index_video, write_index_frames, write_depth_pngs, write_msr_bin, index_frame, index_depth, read_index.
+    write_index_video, write_index_frames, write_depth_pngs, write_msr_bin, msr_bin_bytes, index_frame, index_depth,
+    read_index. Import it as `from videos import ...` (pytest puts tests/ on sys.path).
 """
 
 from __future__ import annotations

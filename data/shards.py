@@ -1,0 +1,614 @@
+"""Checking the videos of a manifest and writing them into webdataset tar shards.
+
+One sample in a shard is two tar members with the same key:
+
+    {key}.{ext}   the video bytes; ext is the container ("mp4", "avi", ...), always "mp4" for re-encoded videos
+    {key}.json    label, class_name, subject, view, episode, split, modality, num_frames (frames that really decode),
+                  fps, width, height (of the stored video), source (input path), stored ("original" or "h264"),
+                  decode_modality (the modality to pass to `data.decode.open_video` for these bytes), depth_scaling
+
+Videos are kept byte for byte unless ``short_side`` or ``gop`` is given; frame folders (JPEG/PNG), 16-bit depth PNG
+folders and MSRAction3D ``.bin`` files are always encoded, since a shard sample must be one playable video. Encoding
+is H.264, yuv420p, constant frame rate, no B-frames, a keyframe exactly every ``gop`` frames (so a clip decode seeks
+to a keyframe at most gop - 1 frames before its first frame). Depth that gets encoded is scaled to 8 bits with
+`data.decode.depth_to_uint8` over the whole video first (one scale per video, which a reader that sees a few frames
+at a time cannot do), so its bytes decode as ordinary RGB (``decode_modality == "rgb"``); a depth video kept as
+bytes is scaled by the reader, per clip (``decode_modality == "depth"``).
+
+Short side: 128 suits N = 2 TIME grids at 224 x 224 (a grid cell is 112 px). `data.clip.ClipSpec.decode_short_side`
+gives the short side at which even the smallest multi-scale training crop still fills a cell at full resolution
+(170 for N = 2, 340 for N = 1 at 224); a stored video smaller than that is decoded at its own size, never upscaled.
+
+Every input is checked before it is written (exists, non-empty, decodes, has >= 1 frame); bad ones go to
+``quarantine.csv`` with the reason and never into a shard.
+
+The output is deterministic: samples go in manifest order whatever the number of workers, keys come from the manifest
+position and file name, tar members have fixed mtime/owner/mode, and no timestamps are written, so the same input
+gives byte-identical shards.
+
+Public API: `check_records`, `write_shards`, `parse_shard_size`, `sample_key`, `encode_h264`, `write_quarantine`, and
+the ``check`` / ``shards`` commands (`CLI`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import math
+import multiprocessing
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from fractions import Fraction
+from typing import Any
+
+import av
+import numpy as np
+import webdataset as wds
+from tqdm import tqdm
+
+from data import decode
+from data.errors import DecodeError, UserError
+from data.manifest import Record, class_names, read_manifest, write_manifest
+
+DEFAULT_SHARD_SAMPLES = 500
+DEFAULT_GOP = 16
+DEFAULT_TIMEOUT_S = 300.0
+# H.264 quality: visually lossless at crf 18; "veryfast" keeps encoding cheap next to decoding the source.
+X264_CRF = 18
+X264_PRESET = "veryfast"
+# Frames decoded per get_batch call while re-encoding: bounds the writer's memory for long, large videos.
+ENCODE_CHUNK = 64
+# Fixed tar member metadata: part of what makes two runs byte-identical.
+TAR_MTIME = 0
+TAR_USER = "timemae"
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+QUARANTINE_FIELDS = ["path", "label", "modality", "reason"]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# One input: probe (check), and the bytes + record that go into the shard
+
+
+@dataclasses.dataclass(frozen=True)
+class _Options:
+    short_side: int | None
+    gop: int | None
+    timeout_s: float
+
+
+def _input_kind(path: str) -> str:
+    """The input type: "video" (kept as bytes unless re-encoding), "frames" (image folder) or "bin" (MSRAction3D)."""
+    if os.path.isdir(path):
+        return "frames"
+    return "bin" if path.lower().endswith(".bin") else "video"
+
+
+def _ext(path: str) -> str:
+    return os.path.splitext(path)[1].lower().lstrip(".") or "mp4"
+
+
+def _check_exists(path: str) -> str | None:
+    """The reason ``path`` cannot be a sample before any decoding, or None."""
+    if not os.path.exists(path):
+        return "missing: no such file or folder"
+    if os.path.isdir(path):
+        if not any(name.lower().endswith(FRAME_SUFFIXES) for name in os.listdir(path)):
+            return "empty: folder holds no .jpg/.png frames"
+    elif os.path.getsize(path) == 0:
+        return "empty: file has 0 bytes"
+    return None
+
+
+def _video_info(video: decode.Video) -> dict[str, Any]:
+    """Frame count, fps and size of an opened video, after decoding its first and last frame."""
+    if video.num_frames < 1:
+        raise DecodeError("no frame decodes")
+    frames = video.get_batch([0, video.num_frames - 1])
+    n = int(video.num_frames)  # lowered by get_batch when the stream ends before the container says
+    fps = float(video.fps) if video.fps and math.isfinite(video.fps) and video.fps > 0 else 0.0
+    return {"num_frames": n, "fps": fps, "height": int(frames.shape[1]), "width": int(frames.shape[2])}
+
+
+def _load(record: Record) -> tuple[bytes | None, dict[str, Any]]:
+    """Check one input and decode its first and last frame; raises DecodeError with the reason.
+
+    Returns:
+        (the file's bytes for a video file, else None; {"num_frames", "fps", "height", "width"}).
+    """
+    reason = _check_exists(record.path)
+    if reason:
+        raise DecodeError(reason)
+    if _input_kind(record.path) != "video":
+        with decode.open_video(record.path, modality=record.modality) as video:
+            return None, _video_info(video)
+    with open(record.path, "rb") as f:
+        data = f.read()
+    # Probe the bytes, not the path: the shard reader only ever sees bytes.
+    with decode.open_video(data, modality=record.modality, kind=_ext(record.path)) as video:
+        return data, _video_info(video)
+
+
+def _even_size(height: int, width: int, short_side: int | None) -> tuple[int, int]:
+    """Output (height, width): short side ``short_side`` (never upscaled), both even (4:2:0 needs even sides)."""
+    if short_side is not None and min(height, width) > short_side:
+        scale = short_side / min(height, width)
+        height, width = round(height * scale), round(width * scale)
+    return max(2, height - height % 2), max(2, width - width % 2)
+
+
+def _rate(fps: float) -> Fraction:
+    # NTSC rates (29.97 = 30000/1001) survive exactly; anything unknown becomes 30 fps.
+    return Fraction(fps).limit_denominator(1001) if fps > 0 else Fraction(30)
+
+
+def encode_h264(
+    chunks: Iterator[np.ndarray], fps: float, short_side: int | None, gop: int, *, nearest: bool = False
+) -> tuple[bytes, dict]:
+    """Encode RGB frames as H.264 mp4 bytes.
+
+    Args:
+        chunks: (t, H, W, 3) uint8 RGB arrays, in order, all of one size.
+        fps: frame rate to record (0 = unknown -> 30).
+        short_side: resize to this short side (area interpolation, never upscaled); None keeps the size.
+        gop: keyframe interval in frames.
+        nearest: resize with the nearest pixel (depth: interpolation would invent depths at object edges).
+
+    Returns:
+        (mp4 bytes, {"num_frames", "height", "width"} of what was encoded).
+    """
+    buf = io.BytesIO()
+    count, size = 0, None
+    # fflags=bitexact keeps version strings and other non-reproducible bits out of the container.
+    with av.open(buf, "w", format="mp4", options={"fflags": "+bitexact"}) as out:
+        stream = None
+        for chunk in chunks:
+            for rgb in chunk:
+                if stream is None:
+                    size = _even_size(rgb.shape[0], rgb.shape[1], short_side)
+                    stream = out.add_stream("libx264", rate=_rate(fps))
+                    stream.height, stream.width = size
+                    stream.pix_fmt = "yuv420p"
+                    stream.codec_context.gop_size = gop
+                    # threads=1: identical bytes on every machine (and the pool already uses the cores); bf=0 and
+                    # a fixed keyint without scene cuts make random access cost predictable.
+                    stream.options = {
+                        "crf": str(X264_CRF),
+                        "preset": X264_PRESET,
+                        "threads": "1",
+                        "bf": "0",
+                        "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0",
+                    }
+                h, w = size
+                if short_side is None or min(rgb.shape[:2]) <= short_side:
+                    rgb = rgb[:h, :w]  # drop an odd last row/column rather than resample
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+                interpolation = "POINT" if nearest else "AREA"
+                frame = frame.reformat(width=w, height=h, format="yuv420p", interpolation=interpolation)
+                frame.pts = count
+                out.mux(stream.encode(frame))
+                count += 1
+        if stream is None:
+            raise DecodeError("no frame decodes")
+        out.mux(stream.encode(None))
+    return buf.getvalue(), {"num_frames": count, "height": size[0], "width": size[1]}
+
+
+def _chunks(video: decode.Video) -> Iterator[np.ndarray]:
+    """All frames of a video, ENCODE_CHUNK at a time, stopping where decoding really ends."""
+    start = 0
+    while start < video.num_frames:
+        stop = min(start + ENCODE_CHUNK, video.num_frames)
+        frames = video.get_batch(np.arange(start, stop))
+        # A stream that ends early lowers num_frames during the call and clamps the indices past it: drop those.
+        yield frames[: max(0, video.num_frames - start)]
+        start = stop
+
+
+def _encoded_sample(record: Record, opts: _Options) -> tuple[str, bytes, dict]:
+    """Decode an input fully and encode it as H.264; depth is scaled to 8 bits over the whole video first."""
+    kind = _input_kind(record.path)
+    source: str | bytes = record.path
+    if kind == "video":
+        with open(record.path, "rb") as f:
+            source = f.read()
+    ext = _ext(record.path) if kind == "video" else None
+    gop = opts.gop or DEFAULT_GOP
+    if record.modality == "depth" or kind == "bin":
+        depth = decode.read_depth(source, kind=ext)  # (T, H, W) raw values
+        fps = 0.0
+        if kind == "video":
+            with decode.open_video(source, kind=ext) as video:
+                fps = float(video.fps)
+        data, info = encode_h264(iter([decode.depth_to_uint8(depth)]), fps, opts.short_side, gop, nearest=True)
+        scaling = "per-video"
+    else:
+        with decode.open_video(source, kind=ext) as video:
+            fps = float(video.fps)
+            data, info = encode_h264(_chunks(video), fps, opts.short_side, gop)
+        scaling = ""
+    # The stored bytes must decode to exactly the frames that were encoded.
+    with decode.open_video(data, kind="mp4") as check:
+        got = _video_info(check)
+    if got["num_frames"] != info["num_frames"]:
+        raise DecodeError(f"encoded video decodes to {got['num_frames']} frames, {info['num_frames']} were written")
+    meta = {**got, "fps": float(_rate(fps)), "stored": "h264", "decode_modality": "rgb", "depth_scaling": scaling}
+    return "mp4", data, meta
+
+
+def _prepare(record: Record, opts: _Options) -> tuple[str, bytes, dict]:
+    """(extension, bytes, JSON record) of one input's shard sample; raises DecodeError with the reason."""
+    if opts.short_side is not None or opts.gop is not None or _input_kind(record.path) != "video":
+        reason = _check_exists(record.path)
+        if reason:
+            raise DecodeError(reason)
+        ext, data, info = _encoded_sample(record, opts)
+    else:
+        data, info = _load(record)
+        ext = _ext(record.path)
+        info = {**info, "stored": "original", "decode_modality": record.modality, "depth_scaling": ""}
+    meta = {
+        "label": record.label,
+        "class_name": record.class_name,
+        "subject": record.subject,
+        "view": record.view,
+        "episode": record.episode,
+        "split": record.split,
+        "modality": record.modality,
+        "source": record.path,
+        **info,
+    }
+    return ext, data, meta
+
+
+def _guarded(fn: Callable[[], Any], timeout_s: float, what: str) -> tuple[Any, str | None]:
+    """(result, None), or (None, reason) for anything that goes wrong with one input."""
+    try:
+        return decode.decode_with_timeout(fn, timeout_s, what=what), None
+    except DecodeError as err:
+        return None, str(err) or "decode error"
+    except Exception as err:  # noqa: BLE001 -- any library failure on one file quarantines that file only
+        return None, f"{type(err).__name__}: {err}"
+
+
+def _check_task(task: tuple[Record, float]) -> tuple[dict | None, str | None]:
+    record, timeout_s = task
+    return _guarded(lambda: _load(record)[1], timeout_s, record.path)
+
+
+def _prepare_task(task: tuple[Record, _Options]) -> tuple[tuple | None, str | None]:
+    record, opts = task
+    return _guarded(lambda: _prepare(record, opts), opts.timeout_s, record.path)
+
+
+def _run_tasks(fn: Callable, tasks: Sequence, workers: int, progress: bool, desc: str) -> Iterator:
+    """Results of ``fn`` over ``tasks`` in task order, from a process pool when ``workers > 1``."""
+    bar = tqdm(total=len(tasks), desc=desc, unit="video", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    try:
+        if workers <= 1:
+            for task in tasks:
+                yield fn(task)
+                bar.update()
+            return
+        # spawn: decoders hold threads and library state that a fork would copy mid-flight.
+        with multiprocessing.get_context("spawn").Pool(workers, initializer=decode.worker_init, initargs=(0,)) as pool:
+            for result in pool.imap(fn, tasks, chunksize=1):  # imap keeps task order: output independent of workers
+                yield result
+                bar.update()
+    finally:
+        bar.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Public API
+
+
+def check_records(
+    records: Sequence[Record], *, workers: int = 1, timeout_s: float = DEFAULT_TIMEOUT_S, progress: bool = False
+) -> tuple[list[Record], list[tuple[Record, str]]]:
+    """Check that every input exists, is non-empty, decodes and has at least one frame.
+
+    Args:
+        records: manifest records (paths already resolved).
+        workers: processes decoding in parallel.
+        timeout_s: per-input limit; a slower input counts as bad.
+        progress: show a progress bar on stderr.
+
+    Returns:
+        (good records, [(bad record, reason)]), both in input order.
+    """
+    good, bad = [], []
+    tasks = [(r, timeout_s) for r in records]
+    for record, (_, reason) in zip(records, _run_tasks(_check_task, tasks, workers, progress, "check"), strict=True):
+        if reason is None:
+            good.append(record)
+        else:
+            bad.append((record, reason))
+    return good, bad
+
+
+def parse_shard_size(text: str) -> tuple[int | None, float | None]:
+    """``"500"`` -> (500 samples, None); ``"200MB"`` -> (None, 200.0 MB). Units: KB, MB, GB (powers of 1000).
+
+    Raises:
+        UserError: for anything else.
+    """
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmg]i?b)?\s*", text.lower())
+    if not m or float(m.group(1)) <= 0 or (m.group(2) is None and "." in m.group(1)):
+        raise UserError(f"--shard-size {text!r} is not a sample count or a size; use e.g. 500 (samples) or 200MB")
+    if m.group(2) is None:
+        return int(m.group(1)), None
+    unit = {"k": 1e-3, "m": 1.0, "g": 1e3}[m.group(2)[0]] * (1.048576 if "i" in m.group(2) else 1.0)
+    return None, float(m.group(1)) * unit
+
+
+def sample_key(index: int, path: str) -> str:
+    """Shard key of the input at manifest position ``index``: ``{index:08d}-{file stem}`` in [A-Za-z0-9_-].
+
+    webdataset splits member names at the first dot, so the key holds none.
+    """
+    stem = os.path.basename(os.path.normpath(path))
+    stem = os.path.splitext(stem)[0] if not os.path.isdir(path) else stem
+    return f"{index:08d}-{re.sub(r'[^A-Za-z0-9_-]', '_', stem)[:60]}"
+
+
+def _tar_size(sizes: Sequence[int]) -> int:
+    # one 512-byte header per member, data padded to 512 bytes
+    return sum(512 + 512 * math.ceil(s / 512) for s in sizes)
+
+
+class _ShardSink:
+    """Writes samples into numbered tars, starting a new one at the sample or size limit."""
+
+    def __init__(self, out_dir: str, prefix: str, max_samples: int | None, max_bytes: float | None):
+        self.out_dir, self.prefix = out_dir, prefix
+        self.max_samples, self.max_bytes = max_samples, max_bytes
+        self.names: list[str] = []
+        self.counts: list[int] = []
+        self._writer: wds.TarWriter | None = None
+        self._bytes = 0
+
+    def _open(self) -> None:
+        self.close()
+        name = f"{self.prefix}-{len(self.names):06d}.tar"
+        self._writer = wds.TarWriter(
+            os.path.join(self.out_dir, name + ".tmp"),
+            encoder=False,
+            mtime=TAR_MTIME,
+            user=TAR_USER,
+            group=TAR_USER,
+            mode=0o444,
+        )
+        self.names.append(name)
+        self.counts.append(0)
+        self._bytes = 0
+
+    def write(self, key: str, ext: str, data: bytes, meta_json: bytes) -> None:
+        size = _tar_size([len(data), len(meta_json)])
+        full = self._writer is None or (self.max_samples is not None and self.counts[-1] >= self.max_samples)
+        if self.max_bytes is not None and self._writer is not None and self.counts[-1] > 0:
+            full = full or self._bytes + size > self.max_bytes
+        if full:
+            self._open()
+        self._writer.write({"__key__": key, ext: data, "json": meta_json})
+        self.counts[-1] += 1
+        self._bytes += size
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            path = os.path.join(self.out_dir, self.names[-1])
+            os.replace(path + ".tmp", path)  # a tar only appears under its name once it is complete
+            self._writer = None
+
+
+def _prepare_out_dir(out_dir: str, prefix: str, overwrite: bool) -> None:
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"--out {out_dir} is a file; give a folder for the shards")
+    os.makedirs(out_dir, exist_ok=True)
+    old = sorted(n for n in os.listdir(out_dir) if n.startswith(prefix + "-") and n.endswith((".tar", ".tar.tmp")))
+    if old and not overwrite:
+        raise UserError(f"--out {out_dir} already holds shards ({old[0]}, ...); pass --overwrite or use another folder")
+    for name in old + [n for n in ("index.json", "manifest.csv", "quarantine.csv") if n in os.listdir(out_dir)]:
+        os.remove(os.path.join(out_dir, name))
+
+
+def write_quarantine(bad: Sequence[tuple[Record, str]], path: str) -> None:
+    """CSV with header path,label,modality,reason (written even when empty, so "no file" never means "no problem")."""
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f, lineterminator="\n")
+        w.writerow(QUARANTINE_FIELDS)
+        for record, reason in bad:
+            w.writerow([record.path, record.label, record.modality, " ".join(reason.split())])
+
+
+def write_shards(
+    records: Sequence[Record],
+    out_dir: str | os.PathLike,
+    *,
+    shard_samples: int | None = None,
+    shard_mb: float | None = None,
+    short_side: int | None = None,
+    gop: int | None = None,
+    workers: int = 1,
+    prefix: str = "shard",
+    progress: bool = True,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    overwrite: bool = False,
+) -> dict:
+    """Check every input and write the good ones into tar shards, in record order.
+
+    Writes ``out_dir/{prefix}-000000.tar`` ..., ``quarantine.csv`` (bad inputs with the reason), ``manifest.csv``
+    (the records that went in, in shard order) and ``index.json``.
+
+    Args:
+        records: manifest records (paths already resolved).
+        out_dir: output folder (created; must not hold shards already unless ``overwrite``).
+        shard_samples: at most this many samples per shard.
+        shard_mb: at most about this many MB (10^6 bytes) per shard (a single bigger sample gets a shard of its own).
+            With neither limit, shards hold DEFAULT_SHARD_SAMPLES samples.
+        short_side: re-encode every video to this short side (never upscaled); None keeps the original bytes.
+        gop: keyframe interval when encoding; giving it also re-encodes videos kept as bytes otherwise.
+            Default DEFAULT_GOP.
+        workers: processes checking/encoding in parallel; the output does not depend on it.
+        prefix: shard file name prefix.
+        progress: show a tqdm bar on stderr.
+        timeout_s: per-input limit for checking + encoding; slower inputs are quarantined.
+        overwrite: replace shards an earlier run left in ``out_dir``.
+
+    Returns:
+        The index.json content: {"num_samples", "num_quarantined", "shards": [file names], "shard_samples": [counts],
+        "classes": [name per label], "num_classes", "short_side", "gop", "format"}.
+
+    Raises:
+        UserError: bad arguments or output folder.
+    """
+    if shard_samples is not None and shard_samples < 1:
+        raise UserError(f"shard size {shard_samples} samples is < 1; give at least 1 sample per shard")
+    if shard_mb is not None and shard_mb <= 0:
+        raise UserError(f"shard size {shard_mb} MB is not positive; give e.g. 200MB")
+    if short_side is not None and short_side < 2:
+        raise UserError(f"--short-side {short_side} is < 2; use e.g. 128 (N = 2 at 224) or leave it out")
+    if gop is not None and gop < 1:
+        raise UserError(f"--gop {gop} is < 1; use a keyframe interval such as 16")
+    if shard_samples is None and shard_mb is None:
+        shard_samples = DEFAULT_SHARD_SAMPLES
+    out_dir = os.fspath(out_dir)
+    _prepare_out_dir(out_dir, prefix, overwrite)
+
+    opts = _Options(short_side=short_side, gop=gop, timeout_s=timeout_s)
+    sink = _ShardSink(out_dir, prefix, shard_samples, None if shard_mb is None else shard_mb * 1e6)
+    good: list[Record] = []
+    bad: list[tuple[Record, str]] = []
+    tasks = [(r, opts) for r in records]
+    try:
+        results = _run_tasks(_prepare_task, tasks, workers, progress, "shards")
+        for index, (record, (result, reason)) in enumerate(zip(records, results, strict=True)):
+            if reason is not None:
+                bad.append((record, reason))
+                continue
+            ext, data, meta = result
+            key = sample_key(index, record.path)
+            meta_json = json.dumps({"key": key, **meta}, sort_keys=True, separators=(",", ":")).encode()
+            sink.write(key, ext, data, meta_json)
+            good.append(record)
+    finally:
+        sink.close()
+
+    write_quarantine(bad, os.path.join(out_dir, "quarantine.csv"))
+    if not good:
+        raise UserError(
+            f"none of the {len(records)} inputs could be read (reasons in {os.path.join(out_dir, 'quarantine.csv')}); "
+            "fix the paths or run `timemae check` on the manifest"
+        )
+    write_manifest(good, os.path.join(out_dir, "manifest.csv"))
+    classes = class_names(good)
+    index = {
+        "format": "timemae-shards-1",
+        "num_samples": len(good),
+        "num_quarantined": len(bad),
+        "shards": sink.names,
+        "shard_samples": sink.counts,
+        "classes": classes,
+        "num_classes": len(classes),
+        "short_side": short_side,
+        "gop": (gop or DEFAULT_GOP) if short_side is not None or gop is not None else None,
+    }
+    with open(os.path.join(out_dir, "index.json"), "w") as f:
+        json.dump(index, f, indent=1, sort_keys=True)
+        f.write("\n")
+    return index
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_argument_group("input (a manifest CSV, or a dataset preset)")
+    src.add_argument("--manifest", help="manifest CSV (path,label[,class_name,subject,view,episode,split,modality])")
+    src.add_argument("--preset", help="dataset preset name instead of --manifest (see `timemae manifest --help`)")
+    src.add_argument("--root", help="raw dataset root folder, with --preset")
+    src.add_argument("--split", help="protocol split of the preset (see `timemae manifest --list`)")
+    src.add_argument("--modality", default=None, help="rgb or depth, with --preset (default: the preset's)")
+    src.add_argument("--partition", default=None, help="train, test or all (default all), with --preset")
+    parser.add_argument("--workers", type=int, default=1, help="parallel decoding processes (default 1)")
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds per input before it counts as bad"
+    )
+
+
+def _records_from_args(args: argparse.Namespace) -> list[Record]:
+    if args.manifest and args.preset:
+        raise UserError("give either --manifest or --preset, not both")
+    if args.manifest:
+        return read_manifest(args.manifest)
+    if not args.preset:
+        raise UserError("no input: give --manifest M.csv, or --preset NAME --root RAW_ROOT --split SPLIT")
+    if not args.root:
+        raise UserError(f"--preset {args.preset} needs --root RAW_ROOT (and --split SPLIT when it has several)")
+    from data import presets  # only this path needs the presets
+
+    kw = {k: getattr(args, k) for k in ("modality", "partition") if getattr(args, k) is not None}
+    return presets.build_manifest(args.preset, args.root, split=args.split, **kw)
+
+
+def _check_add_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_source_arguments(parser)
+
+
+def _check_run(args: argparse.Namespace) -> int:
+    records = _records_from_args(args)
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers} is < 1; use 1 or more")
+    good, bad = check_records(records, workers=args.workers, timeout_s=args.timeout, progress=True)
+    print(f"good: {len(good)}  bad: {len(bad)}")
+    for record, reason in bad:
+        print(f"{record.path}: {reason}")
+    return 0
+
+
+def _shards_add_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_source_arguments(parser)
+    parser.add_argument("--out", required=True, help="output folder for the shards, index.json, manifest/quarantine")
+    parser.add_argument(
+        "--shard-size", default=str(DEFAULT_SHARD_SAMPLES), help="samples per shard (500) or bytes per shard (200MB)"
+    )
+    parser.add_argument(
+        "--short-side",
+        type=int,
+        default=None,
+        help="re-encode to this short side (H.264); default keeps the original bytes. 128 suits N=2 at 224 (cell 112)",
+    )
+    parser.add_argument("--gop", type=int, default=None, help=f"keyframe interval of encoded videos ({DEFAULT_GOP})")
+    parser.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _shards_run(args: argparse.Namespace) -> int:
+    shard_samples, shard_mb = parse_shard_size(args.shard_size)
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers} is < 1; use 1 or more")
+    records = _records_from_args(args)
+    index = write_shards(
+        records,
+        args.out,
+        shard_samples=shard_samples,
+        shard_mb=shard_mb,
+        short_side=args.short_side,
+        gop=args.gop,
+        workers=args.workers,
+        progress=not args.no_progress,
+        timeout_s=args.timeout,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {index['num_samples']} samples in {len(index['shards'])} shards to {args.out}")
+    print(f"quarantined {index['num_quarantined']} inputs (see {os.path.join(args.out, 'quarantine.csv')})")
+    return 0
+
+
+CLI = {"check": (_check_add_arguments, _check_run), "shards": (_shards_add_arguments, _shards_run)}

@@ -1,0 +1,376 @@
+"""Streaming clips out of webdataset tar shards (written by `data.shards`).
+
+Two explicit modes:
+
+- ``exact`` (evaluation): every sample exactly once per epoch across all ranks. Shard ``i`` goes to the global
+  worker ``i mod (world_size x num_workers)`` (global worker = rank x num_workers + worker), so there must be at least
+  as many shards as ranks x workers (`UserError` otherwise; write smaller shards). Ranks can differ by up to one
+  shard's worth of samples, so an evaluation must gather its results rather than assume equal counts.
+- ``resampled`` (pretraining): infinite. Each worker draws whole shards with replacement using its own generator
+  seeded from (seed, rank, worker, epoch), so different seeds, ranks, workers and epochs see different streams.
+  An epoch is ``num_samples`` yielded clips (the training loop counts; the stream never ends). With
+  ``samples_per_decode = K`` each decode yields K clips, so an epoch is ``num_samples / K`` decodes.
+
+Both modes pass samples through a shuffle buffer (before decoding, so it holds encoded bytes, not frames).
+
+Bad data never stops training: a sample that fails to decode (corrupt bytes, broken JSON, decode timeout) is
+skipped, logged with ``logging.warning`` (key, shard, reason) and counted; an unreadable shard is logged and counted
+too. The counts live in shared-memory integers that every DataLoader worker adds to, so the training loop reads
+the totals from the main process at any time with `ShardDataset.stats()`. Only a stream where
+``max_consecutive_failures`` samples in a row fail (almost surely not video data at all) raises.
+
+``samples_per_decode = K`` (VideoMAE V2 repeated sampling): K index lists are drawn independently, their sorted union
+is decoded in one ``get_batch``, and K clips (own offsets, own augmentation) are yielded one after the other.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import json
+import logging
+import multiprocessing
+import os
+import tarfile
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import braceexpand
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from data import decode
+from data.clip import ClipSpec, make_clip, sample_indices
+from data.errors import DecodeError, UserError
+from data.sampling import union_indices
+
+log = logging.getLogger(__name__)
+
+MODES = ("exact", "resampled")
+VIDEO_EXTS = ("mp4", "avi", "mkv", "webm", "mov", "m4v", "mpg", "mpeg", "bin")
+DEFAULT_SHUFFLE_BUFFER = 128
+DEFAULT_DECODE_TIMEOUT_S = 30.0
+
+
+def resolve_shards(shards: str | os.PathLike | Iterable[str]) -> tuple[list[str], int | None]:
+    """Shard paths and, when a shard folder has an index.json, its sample count.
+
+    Args:
+        shards: a folder written by `data.shards.write_shards` (its index.json lists the shards; otherwise every
+            ``*.tar`` in it), one ``.tar`` file, a brace pattern (``dir/shard-{000000..000009}.tar``) or a list of them.
+
+    Returns:
+        (sorted-as-given list of tar paths, num_samples or None when unknown).
+
+    Raises:
+        UserError: missing paths, or no tar at all.
+    """
+    items = [os.fspath(shards)] if isinstance(shards, (str, os.PathLike)) else [os.fspath(s) for s in shards]
+    paths: list[str] = []
+    num_samples: int | None = 0
+    for item in items:
+        if os.path.isdir(item):
+            index_path = os.path.join(item, "index.json")
+            if os.path.isfile(index_path):
+                try:
+                    with open(index_path) as f:
+                        index = json.load(f)
+                    found = [os.path.join(item, name) for name in index["shards"]]
+                    count = int(index["num_samples"])
+                except (OSError, ValueError, KeyError, TypeError) as err:
+                    raise UserError(f"{index_path} is unreadable ({err}); rewrite the shards or delete it") from err
+            else:
+                found, count = sorted(glob.glob(os.path.join(item, "*.tar"))), None
+            if not found:
+                raise UserError(f"shard folder {item} holds no .tar shards; write some with `timemae shards`")
+        else:
+            found = list(braceexpand.braceexpand(item)) if "{" in item else [item]
+            count = None
+        missing = [p for p in found if not os.path.isfile(p)]
+        if missing:
+            raise UserError(f"shard {missing[0]} does not exist; check the path (or rewrite the shards)")
+        paths += found
+        num_samples = None if num_samples is None or count is None else num_samples + count
+    if not paths:
+        raise UserError("no shards given; pass a shard folder, a .tar file or a list of them")
+    return paths, num_samples
+
+
+def iter_tar(path: str) -> Iterator[dict[str, Any]]:
+    """Samples of one tar, in order: ``{"__key__": key, ext: bytes, ...}`` (members grouped by key, webdataset style).
+
+    Raises:
+        tarfile.TarError, OSError, EOFError: the tar is unreadable from some point on.
+    """
+    with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        current: dict[str, Any] | None = None
+        for member in tar:
+            if not member.isreg():
+                continue
+            base = os.path.basename(member.name)
+            if "." not in base:
+                continue
+            key = os.path.join(os.path.dirname(member.name), base.split(".", 1)[0])
+            ext = base.split(".", 1)[1].lower()
+            data = tar.extractfile(member).read()
+            tar.members = []  # streaming read: do not keep every header of a big shard in memory
+            if current is None or current["__key__"] != key:
+                if current is not None:
+                    yield current
+                current = {"__key__": key}
+            current[ext] = data
+        if current is not None:
+            yield current
+
+
+def count_tar_samples(path: str) -> int:
+    """Number of distinct keys in one shard (reads the tar headers only)."""
+    with tarfile.open(path, "r:") as tar:
+        return len({m.name.split(".", 1)[0] for m in tar if m.isreg()})
+
+
+def shuffled(items: Iterable[Any], buffer_size: int, rng: np.random.Generator) -> Iterator[Any]:
+    """Shuffle a stream with a buffer of ``buffer_size`` items (0 or 1: pass through unchanged)."""
+    if buffer_size <= 1:
+        yield from items
+        return
+    buf: list[Any] = []
+    for item in items:
+        if len(buf) < buffer_size:
+            buf.append(item)
+            continue
+        j = int(rng.integers(buffer_size))
+        buf[j], item = item, buf[j]
+        yield item
+    for j in rng.permutation(len(buf)):
+        yield buf[j]
+
+
+def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """(rank, world size): as given, else from torch.distributed if initialised, else env RANK/WORLD_SIZE, else 0/1."""
+    if rank is not None and world_size is not None:
+        got = (int(rank), int(world_size))
+    elif torch.distributed.is_available() and torch.distributed.is_initialized():
+        got = (torch.distributed.get_rank(), torch.distributed.get_world_size())
+    else:
+        got = (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))
+    if got[1] < 1 or not 0 <= got[0] < got[1]:
+        raise UserError(f"rank {got[0]} / world size {got[1]} is impossible; need 0 <= rank < world size")
+    return got
+
+
+def _scalar_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    # default_collate turns a list of dicts into a dict of lists/tensors and fails on None or nested values
+    return {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool))}
+
+
+class ShardDataset(IterableDataset):
+    """Clips from webdataset shards: ``{"clip": (3, T*, H*, W*) float32, "label": int, "meta": dict}`` per sample.
+
+    ``meta`` is the sample's JSON record (scalars only) plus ``key`` and ``shard``. For ``spec.crop == "three"``
+    the clip is (3 views, 3, T*, H*, W*).
+
+    Args:
+        shards: shard folder, tar path, brace pattern, or a list of them (see `resolve_shards`).
+        spec: the clip to build.
+        mode: "exact" (each sample once per epoch, evaluation) or "resampled" (infinite, pretraining).
+        shuffle_buffer: samples held for shuffling (0 = file order).
+        seed: base seed; the generator of one worker is seeded from (seed, rank, worker, epoch).
+        samples_per_decode: K clips per decoded video (resampled mode only).
+        rank, world_size: this process's place; default from torch.distributed / env RANK, WORLD_SIZE / 0, 1.
+        decode_timeout_s: per-sample decode limit; slower samples are skipped.
+        max_consecutive_failures: a worker raises `UserError` after this many samples (or shards) in a row failed,
+            instead of looping for ever over data that holds no readable video.
+    """
+
+    def __init__(
+        self,
+        shards: str | os.PathLike | list[str],
+        spec: ClipSpec,
+        *,
+        mode: str = "resampled",
+        shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
+        seed: int = 0,
+        samples_per_decode: int = 1,
+        rank: int | None = None,
+        world_size: int | None = None,
+        decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S,
+        max_consecutive_failures: int = 100,
+    ):
+        super().__init__()
+        if mode not in MODES:
+            raise UserError(f"stream mode {mode!r} is unknown; use one of {MODES}")
+        if samples_per_decode < 1:
+            raise UserError(f"--samples-per-decode {samples_per_decode} is < 1; use 1 (off) or e.g. 2 or 4")
+        if mode == "exact" and samples_per_decode != 1:
+            raise UserError(
+                f"--samples-per-decode {samples_per_decode} needs resampled mode; exact mode (evaluation) yields each "
+                "sample once, so use 1"
+            )
+        if shuffle_buffer < 0:
+            raise UserError(f"shuffle buffer {shuffle_buffer} is < 0; use 0 (off) or e.g. 128")
+        self.shards, self._num_samples = resolve_shards(shards)
+        self.spec = spec
+        self.mode = mode
+        self.shuffle_buffer = shuffle_buffer
+        self.seed = seed
+        self.samples_per_decode = samples_per_decode
+        self.rank, self.world_size = dist_info(rank, world_size)
+        self.decode_timeout_s = decode_timeout_s
+        self.max_consecutive_failures = max_consecutive_failures
+        # Shared with the DataLoader workers (handed over when they start): the main process sees their counts, and
+        # persistent workers see set_epoch.
+        self._epoch = multiprocessing.Value("q", 0)
+        self._skipped = multiprocessing.Value("q", 0)
+        self._bad_shards = multiprocessing.Value("q", 0)
+
+    # -- bookkeeping -----------------------------------------------------------------------------------------------
+
+    @property
+    def num_samples(self) -> int:
+        """Samples in all shards (from index.json, else counted from the tar headers once)."""
+        if self._num_samples is None:
+            self._num_samples = sum(count_tar_samples(p) for p in self.shards)
+        return self._num_samples
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch used in the worker seeds (reaches persistent workers too)."""
+        self._epoch.value = int(epoch)
+
+    def stats(self) -> dict[str, int]:
+        """Totals over all workers so far: {"skipped_samples", "bad_shards"}."""
+        return {"skipped_samples": int(self._skipped.value), "bad_shards": int(self._bad_shards.value)}
+
+    def check_workers(self, num_workers: int) -> None:
+        """Exact mode needs a shard for every (rank, worker).
+
+        Raises:
+            UserError: fewer shards than world_size x max(num_workers, 1).
+        """
+        total = self.world_size * max(num_workers, 1)
+        if self.mode == "exact" and len(self.shards) < total:
+            raise UserError(
+                f"exact mode needs at least one shard per rank x worker ({self.world_size} x {max(num_workers, 1)} = "
+                f"{total}) but there are {len(self.shards)} shards; write smaller shards (--shard-size) or use fewer "
+                "workers"
+            )
+
+    def _count(self, value: Any) -> None:
+        with value.get_lock():
+            value.value += 1
+
+    # -- the stream ------------------------------------------------------------------------------------------------
+
+    def _raw_samples(self, shard_paths: Iterable[str]) -> Iterator[dict[str, Any]]:
+        failures = 0  # unreadable shards in a row with no sample between them
+        for path in shard_paths:
+            try:
+                for sample in iter_tar(path):
+                    sample["__shard__"] = path
+                    failures = 0
+                    yield sample
+            except (tarfile.TarError, OSError, EOFError) as err:
+                self._count(self._bad_shards)
+                log.warning("shard %s unreadable from some point on, rest of it skipped: %s", path, err)
+                failures += 1
+                if failures >= self.max_consecutive_failures:
+                    raise UserError(
+                        f"the last {failures} shards read were all unreadable (latest: {path}: {err}); "
+                        "rewrite them with `timemae shards`"
+                    ) from err
+
+    def _decode(self, sample: dict[str, Any], rng: np.random.Generator) -> list[dict[str, Any]]:
+        """K samples from one encoded sample; raises DecodeError for bad data."""
+        try:
+            meta = json.loads(sample["json"])
+            label = int(meta["label"])
+        except (KeyError, ValueError, TypeError) as err:
+            raise DecodeError(f"no valid JSON record ({type(err).__name__}: {err})") from err
+        exts = [e for e in VIDEO_EXTS if e in sample]
+        if not exts:
+            raise DecodeError(f"no video member (have {sorted(k for k in sample if not k.startswith('__'))})")
+        ext = exts[0]
+        modality = str(meta.get("decode_modality", meta.get("modality", "rgb")))
+        # The decode may be abandoned on timeout and go on in the background: give it its own generator.
+        sub = np.random.default_rng(int(rng.integers(2**63)))
+
+        def work() -> tuple[list[np.ndarray], np.ndarray]:
+            try:
+                with decode.open_video(
+                    sample[ext], modality=modality, kind=ext, short_side=self.spec.decode_short_side()
+                ) as video:
+                    draws = [sample_indices(video.num_frames, self.spec, sub) for _ in range(self.samples_per_decode)]
+                    union, positions = union_indices(draws)
+                    return positions, video.get_batch(union)
+            except DecodeError:
+                raise
+            except Exception as err:  # noqa: BLE001 -- decoder libraries raise many types for bad bytes
+                raise DecodeError(f"{type(err).__name__}: {err}") from err
+
+        positions, frames = decode.decode_with_timeout(work, self.decode_timeout_s, what=sample["__key__"])
+        meta = {**_scalar_meta(meta), "key": sample["__key__"], "shard": os.path.basename(sample["__shard__"])}
+        return [
+            {"clip": make_clip(frames[pos], self.spec, rng), "label": label, "meta": dict(meta)} for pos in positions
+        ]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        epoch = int(self._epoch.value)
+        rng = np.random.default_rng([self.seed, self.rank, worker, epoch])
+        if self.mode == "exact":
+            self.check_workers(num_workers)
+            total = self.world_size * num_workers
+            mine = self.shards[self.rank * num_workers + worker :: total]
+            shard_paths: Iterable[str] = [mine[i] for i in rng.permutation(len(mine))] if self.shuffle_buffer else mine
+        else:
+            shard_paths = (self.shards[int(rng.integers(len(self.shards)))] for _ in itertools.count())
+        failures = 0
+        for sample in shuffled(self._raw_samples(shard_paths), self.shuffle_buffer, rng):
+            try:
+                out = self._decode(sample, rng)
+            except DecodeError as err:
+                self._count(self._skipped)
+                log.warning("skipping sample %s (%s): %s", sample.get("__key__"), sample.get("__shard__"), err)
+                failures += 1
+                if failures >= self.max_consecutive_failures:
+                    raise UserError(
+                        f"the last {failures} samples all failed to decode (latest: {err}); the shards "
+                        f"({self.shards[0]}, ...) do not hold readable videos: rewrite them with `timemae shards`"
+                    ) from err
+                continue
+            failures = 0
+            yield from out
+
+
+def make_loader(
+    dataset: ShardDataset,
+    batch_size: int,
+    num_workers: int,
+    *,
+    prefetch_factor: int = 4,
+    pin_memory: bool | None = None,
+    drop_last: bool | None = None,
+) -> DataLoader:
+    """A DataLoader over a `ShardDataset`.
+
+    Workers get `data.decode.worker_init` (one thread each) and stay alive between epochs. ``drop_last`` defaults to
+    True in resampled mode (equal batches for training) and False in exact mode (no sample lost in evaluation).
+
+    Raises:
+        UserError: exact mode with fewer shards than ranks x workers, or a non-positive batch size.
+    """
+    if batch_size < 1 or num_workers < 0:
+        raise UserError(f"batch size {batch_size} / workers {num_workers}: need batch size >= 1 and workers >= 0")
+    dataset.check_workers(num_workers)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        worker_init_fn=decode.worker_init,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=prefetch_factor if num_workers > 0 else None,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        drop_last=dataset.mode == "resampled" if drop_last is None else drop_last,
+    )

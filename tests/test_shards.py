@@ -1,0 +1,199 @@
+"""Shard writing: checking and quarantine, JSON records, determinism, re-encoding, shard splitting, the commands."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from data import decode
+from data.errors import UserError
+from data.manifest import Record, read_manifest, write_manifest
+from data.shards import check_records, parse_shard_size, sample_key, write_shards
+from data.stream import iter_tar
+from launch import cli
+from tests.videos import index_depth, read_index, write_depth_pngs, write_index_frames, write_index_video, write_msr_bin
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _index(out_dir) -> dict:
+    with open(os.path.join(out_dir, "index.json")) as f:
+        return json.load(f)
+
+
+def _samples(out_dir) -> list[dict]:
+    index = _index(out_dir)
+    return [s for name in index["shards"] for s in iter_tar(os.path.join(out_dir, name))]
+
+
+def _indices(data: bytes, idx) -> list[int]:
+    with decode.open_video(data, kind="mp4") as video:
+        return [read_index(f) for f in video.get_batch(idx)]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> list[Record]:
+    """Five good inputs of every kind, one corrupt file and one missing file."""
+    d = tmp_path_factory.mktemp("raw")
+    write_index_video(d / "a01_s01_e01_v01.mp4", 20)
+    write_index_video(d / "a02_s02_e01_v02.avi", 12, codec="mpeg4")
+    write_index_frames(d / "frames_clip", 10)
+    write_depth_pngs(d / "S001C001P001R001A001", 8)
+    write_msr_bin(d / "a03_s03_e01_sdepth.bin", index_depth(6).astype(np.int32))
+    (d / "corrupt.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8)
+    records = [
+        Record(str(d / "a01_s01_e01_v01.mp4"), 0, "wave", subject=1, view=1, episode=1, split="train"),
+        Record(str(d / "corrupt.mp4"), 1, "clap"),
+        Record(str(d / "a02_s02_e01_v02.avi"), 1, "clap", subject=2, view=2, episode=1),
+        Record(str(d / "frames_clip"), 2, "run"),
+        Record(str(d / "missing.mp4"), 0, "wave"),
+        Record(str(d / "S001C001P001R001A001"), 0, "wave", modality="depth"),
+        Record(str(d / "a03_s03_e01_sdepth.bin"), 2, "run", subject=3, modality="depth"),
+    ]
+    write_manifest(records, d / "m.csv")
+    return records
+
+
+@pytest.fixture(scope="module")
+def written(inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("shards")
+    index = write_shards(inputs, out, shard_samples=2, progress=False)
+    return out, index
+
+
+def test_bad_inputs_are_quarantined_with_reasons(inputs, written):
+    out, index = written
+    assert index["num_samples"] == 5 and index["num_quarantined"] == 2
+    with open(out / "quarantine.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [os.path.basename(r["path"]) for r in rows] == ["corrupt.mp4", "missing.mp4"]
+    assert all(r["reason"] for r in rows)
+    assert "missing" in rows[1]["reason"]
+    keys = [s["__key__"] for s in _samples(out)]
+    assert keys == [sample_key(i, r.path) for i, r in enumerate(inputs) if i not in (1, 4)]
+    kept = [r.path for i, r in enumerate(inputs) if i not in (1, 4)]
+    assert [r.path for r in read_manifest(out / "manifest.csv")] == kept
+
+
+def test_json_records(inputs, written):
+    out, index = written
+    samples = {s["__key__"]: s for s in _samples(out)}
+    metas = [json.loads(s["json"]) for s in samples.values()]
+    assert [m["num_frames"] for m in metas] == [20, 12, 10, 8, 6]
+    assert [m["label"] for m in metas] == [0, 1, 2, 0, 2]
+    assert [m["modality"] for m in metas] == ["rgb", "rgb", "rgb", "depth", "depth"]
+    first = metas[0]
+    assert first["class_name"] == "wave" and (first["subject"], first["view"], first["episode"]) == (1, 1, 1)
+    assert first["source"] == inputs[0].path and (first["width"], first["height"]) == (64, 48)
+    assert first["fps"] == pytest.approx(25.0) and first["stored"] == "original"
+    # Videos are kept byte for byte; folders and .bin are encoded as H.264 mp4.
+    exts = [sorted(k for k in s if not k.startswith("__")) for s in samples.values()]
+    assert exts == [["json", "mp4"], ["avi", "json"], ["json", "mp4"], ["json", "mp4"], ["json", "mp4"]]
+    assert samples[first["key"]]["mp4"] == Path(inputs[0].path).read_bytes()
+    assert [m["stored"] for m in metas[2:]] == ["h264"] * 3
+    assert [m["decode_modality"] for m in metas] == ["rgb", "rgb", "rgb", "rgb", "rgb"]
+    assert index["classes"] == ["wave", "clap", "run"] and index["shard_samples"] == [2, 2, 1]
+
+
+def test_converted_inputs_keep_every_frame(written):
+    out, _ = written
+    samples = _samples(out)
+    frames, depth_png, depth_bin = samples[2]["mp4"], samples[3]["mp4"], samples[4]["mp4"]
+    assert _indices(frames, list(range(10))) == list(range(10))
+    # Depth scaled over the whole video keeps near (bit 1) and far (bit 0) cells apart in every frame.
+    for data, n in ((depth_png, 8), (depth_bin, 6)):
+        with decode.open_video(data, kind="mp4") as video:
+            got = video.get_batch(list(range(n)))
+        near = index_depth(n)[:, 1:] < 2000
+        lo, hi = got[:, 1:, :, 0][near], got[:, 1:, :, 0][~near]
+        assert abs(float(lo.mean()) - float(hi.mean())) > 100
+
+
+def test_two_runs_are_byte_identical(inputs, written, tmp_path):
+    out, index = written
+    again = write_shards(inputs, tmp_path, shard_samples=2, progress=False, workers=2)
+    assert again == index
+    for name in index["shards"] + ["index.json", "manifest.csv", "quarantine.csv"]:
+        assert (tmp_path / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_reencode_keeps_frames_and_sets_short_side_and_gop(tmp_path):
+    path = write_index_video(tmp_path / "v.mp4", 40, width=64, height=48)
+    index = write_shards([Record(path, 0)], tmp_path / "out", short_side=24, gop=4, progress=False)
+    assert index["short_side"] == 24 and index["gop"] == 4
+    (sample,) = _samples(tmp_path / "out")
+    meta = json.loads(sample["json"])
+    assert (meta["height"], meta["width"], meta["num_frames"], meta["stored"]) == (24, 32, 40, "h264")
+    wanted = [0, 3, 4, 17, 18, 19, 38, 39]
+    assert _indices(sample["mp4"], wanted) == wanted
+    with av.open(io.BytesIO(sample["mp4"])) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.name, stream.codec_context.pix_fmt) == ("h264", "yuv420p")
+        keys = [i for i, frame in enumerate(container.decode(stream)) if frame.key_frame]
+    assert keys == list(range(0, 40, 4))
+
+
+def test_shard_size_by_count_and_by_bytes(inputs, tmp_path):
+    good = [r for i, r in enumerate(inputs) if i in (0, 2, 3)]
+    by_count = write_shards(good, tmp_path / "n", shard_samples=1, progress=False)
+    assert by_count["shard_samples"] == [1, 1, 1]
+    by_bytes = write_shards(good, tmp_path / "b", shard_mb=1e-6, progress=False)  # every sample overflows alone
+    assert by_bytes["shard_samples"] == [1, 1, 1]
+    one = write_shards(good, tmp_path / "one", shard_mb=100, progress=False)
+    assert one["shards"] == ["shard-000000.tar"] and one["shard_samples"] == [3]
+    assert parse_shard_size("500") == (500, None)
+    assert parse_shard_size("200MB") == (None, 200.0)
+    assert parse_shard_size("1gb") == (None, 1000.0)
+    for bad in ("", "0", "-3", "1.5", "12 parsecs"):
+        with pytest.raises(UserError):
+            parse_shard_size(bad)
+
+
+def test_existing_shards_need_overwrite(inputs, tmp_path):
+    write_shards(inputs[:1], tmp_path, progress=False)
+    with pytest.raises(UserError, match="--overwrite"):
+        write_shards(inputs[:1], tmp_path, progress=False)
+    assert write_shards(inputs[:1], tmp_path, progress=False, overwrite=True)["num_samples"] == 1
+
+
+def test_all_bad_inputs_is_a_user_error(inputs, tmp_path):
+    with pytest.raises(UserError, match="quarantine"):
+        write_shards([inputs[1], inputs[4]], tmp_path, progress=False)
+    assert (tmp_path / "quarantine.csv").exists()
+
+
+def test_check_records(inputs):
+    good, bad = check_records(inputs)
+    assert [r.path for r in good] == [r.path for i, r in enumerate(inputs) if i not in (1, 4)]
+    assert [(r.path, bool(reason)) for r, reason in bad] == [(inputs[1].path, True), (inputs[4].path, True)]
+
+
+def test_commands(inputs, tmp_path, capsys):
+    manifest = os.path.join(os.path.dirname(inputs[0].path), "m.csv")
+    assert cli.main(["check", "--manifest", manifest]) == 0  # bad inputs are reported, not an error
+    out = capsys.readouterr().out
+    assert "good: 5  bad: 2" in out and "corrupt.mp4" in out
+    assert cli.main(["shards", "--manifest", manifest, "--out", str(tmp_path / "s"), "--shard-size", "3"]) == 0
+    assert "quarantined 2" in capsys.readouterr().out
+    assert _index(tmp_path / "s")["shard_samples"] == [3, 2]
+    preset = ["--preset", "generic", "--root", manifest, "--partition", "train"]
+    assert cli.main(["shards", *preset, "--out", str(tmp_path / "p"), "--no-progress"]) == 0
+    assert _index(tmp_path / "p")["num_samples"] == 1  # the one row with split "train"
+    missing = str(tmp_path / "nope.csv")
+    for args in (["check", "--manifest", missing], ["shards", "--manifest", missing, "--out", str(tmp_path / "x")]):
+        assert cli.main(args) == 2
+        err = capsys.readouterr().err
+        assert "nope.csv" in err and err.count("\n") == 1  # one line, no traceback
+    res = subprocess.run(
+        [sys.executable, "-m", "launch.cli", "check", "--manifest", missing], capture_output=True, text=True, cwd=ROOT
+    )
+    assert res.returncode == 2 and "does not exist" in res.stderr

@@ -1,0 +1,165 @@
+"""Streaming clips from shards: exact and resampled modes, rank/worker split, bad data, repeated sampling."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+
+import pytest
+import torch
+import webdataset as wds
+
+from data import stream
+from data.clip import ClipSpec, clip_to_uint8_frames, sample_indices
+from data.errors import UserError
+from data.manifest import Record
+from data.shards import write_shards
+from data.stream import ShardDataset, dist_info, make_loader
+from tests.videos import read_index, write_index_video
+
+NUM_VIDEOS = 8
+# No crop (same aspect as the 64x48 test videos), no resize: every output frame is a whole source frame.
+EVAL = ClipSpec(num_frames=4, input_size=(48, 64), train=False, crop="center")
+TRAIN = ClipSpec(num_frames=4, input_size=(48, 64), train=True, crop="center")  # random offsets, no crop
+
+
+@pytest.fixture(scope="module")
+def shard_dir(tmp_path_factory):
+    """8 index videos (16..23 frames, labels 0,1,2,0,...) in 4 shards of 2."""
+    raw = tmp_path_factory.mktemp("raw")
+    records = [Record(write_index_video(raw / f"v{i}.mp4", 16 + i), i % 3) for i in range(NUM_VIDEOS)]
+    out = tmp_path_factory.mktemp("shards")
+    write_shards(records, out, shard_samples=2, progress=False)
+    return out
+
+
+def _keys(samples) -> list[str]:
+    return [s["meta"]["key"] for s in samples]
+
+
+def test_exact_mode_over_two_ranks_and_two_workers_yields_each_sample_once(shard_dir):
+    keys = []
+    for rank in range(2):
+        ds = ShardDataset(shard_dir, EVAL, mode="exact", rank=rank, world_size=2, shuffle_buffer=3)
+        for batch in make_loader(ds, batch_size=3, num_workers=2):
+            assert batch["clip"].shape[1:] == (3, 4, 48, 64) and batch["label"].dtype == torch.int64
+            keys += batch["meta"]["key"]
+    assert len(keys) == NUM_VIDEOS and len(set(keys)) == NUM_VIDEOS
+
+
+def test_clips_hold_the_sampled_frames(shard_dir):
+    samples = list(ShardDataset(shard_dir, EVAL, mode="exact", shuffle_buffer=0))
+    assert [s["label"] for s in samples] == [i % 3 for i in range(NUM_VIDEOS)]
+    for s in samples:
+        frames = clip_to_uint8_frames(s["clip"], EVAL).numpy()
+        expected = sample_indices(s["meta"]["num_frames"], EVAL, None).tolist()
+        assert [read_index(f) for f in frames] == expected
+
+
+def test_fewer_shards_than_ranks_times_workers_is_a_user_error(shard_dir):
+    ds = ShardDataset(shard_dir, EVAL, mode="exact", rank=0, world_size=3)
+    with pytest.raises(UserError, match="shard per rank x worker"):
+        make_loader(ds, batch_size=2, num_workers=2)
+    with pytest.raises(UserError, match="shard per rank x worker"):
+        next(iter(ShardDataset(shard_dir, EVAL, mode="exact", rank=0, world_size=5)))
+    make_loader(ShardDataset(shard_dir, TRAIN, mode="resampled", rank=0, world_size=3), 2, 2)  # resampled: fine
+
+
+def test_resampled_mode_is_infinite_and_follows_the_seed(shard_dir):
+    def first(seed, n=3 * NUM_VIDEOS):
+        ds = ShardDataset(shard_dir, TRAIN, mode="resampled", seed=seed, shuffle_buffer=4)
+        return list(itertools.islice(ds, n))
+
+    a, b, c = first(0), first(0), first(1)
+    assert len(a) == 3 * NUM_VIDEOS  # more than one pass over the data
+    assert _keys(a) == _keys(b) and all(torch.equal(x["clip"], y["clip"]) for x, y in zip(a, b, strict=True))
+    assert _keys(a) != _keys(c)
+    assert ShardDataset(shard_dir, TRAIN).num_samples == NUM_VIDEOS
+
+
+def test_epoch_changes_the_stream(shard_dir):
+    ds = ShardDataset(shard_dir, TRAIN, mode="resampled", seed=0)
+    e0 = _keys(itertools.islice(ds, 12))
+    ds.set_epoch(1)
+    assert _keys(itertools.islice(ds, 12)) != e0
+
+
+def _shard_bytes(shard_dir) -> bytes:
+    return (shard_dir / "shard-000000.tar").read_bytes()
+
+
+def test_corrupt_samples_and_shards_are_skipped_and_counted(shard_dir, tmp_path, caplog):
+    good = next(stream.iter_tar(str(shard_dir / "shard-000000.tar")))
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    with open(bad_dir / "a.tar", "wb") as f, wds.TarWriter(f, encoder=False, mtime=0) as w:
+        w.write({"__key__": "good", "mp4": good["mp4"], "json": good["json"]})
+        w.write({"__key__": "garbage", "mp4": b"\x00\x01 not a video" * 50, "json": good["json"]})
+        w.write({"__key__": "nojson", "mp4": good["mp4"]})
+        w.write({"__key__": "badjson", "mp4": good["mp4"], "json": b"{not json"})
+    whole = _shard_bytes(shard_dir)
+    (bad_dir / "b.tar").write_bytes(whole[: len(whole) // 2 + 3000])  # second sample cut off
+    ds = ShardDataset([str(bad_dir / "a.tar"), str(bad_dir / "b.tar")], EVAL, mode="exact", shuffle_buffer=0)
+    with caplog.at_level(logging.WARNING, logger="data.stream"):
+        samples = list(ds)
+    assert _keys(samples)[0] == "good" and len(samples) == 2
+    assert ds.stats() == {"skipped_samples": 3, "bad_shards": 1}
+    text = caplog.text
+    assert "garbage" in text and "nojson" in text and "badjson" in text and "b.tar" in text
+
+
+def test_a_stream_of_nothing_but_garbage_stops_with_a_user_error(tmp_path):
+    with open(tmp_path / "g.tar", "wb") as f, wds.TarWriter(f, encoder=False, mtime=0) as w:
+        w.write({"__key__": "x", "mp4": b"junk" * 100, "json": json.dumps({"label": 0}).encode()})
+    ds = ShardDataset(tmp_path, TRAIN, mode="resampled", max_consecutive_failures=5)
+    with pytest.raises(UserError, match="failed to decode"):
+        next(iter(ds))
+    assert ds.stats()["skipped_samples"] == 5
+    (tmp_path / "g.tar").write_bytes(b"not a tar at all" * 100)
+    ds = ShardDataset(tmp_path, TRAIN, mode="resampled", max_consecutive_failures=4)
+    with pytest.raises(UserError, match="unreadable"):
+        next(iter(ds))
+    assert ds.stats() == {"skipped_samples": 0, "bad_shards": 4}
+
+
+def test_samples_per_decode_yields_k_clips_per_decode(shard_dir, monkeypatch):
+    opened = []
+    real = stream.decode.open_video
+    monkeypatch.setattr(stream.decode, "open_video", lambda *a, **k: opened.append(1) or real(*a, **k))
+    ds = ShardDataset(shard_dir, TRAIN, mode="resampled", samples_per_decode=3, shuffle_buffer=0)
+    samples = list(itertools.islice(ds, 12))
+    assert len(opened) == 4
+    distinct = 0
+    for group in range(4):
+        chunk = samples[3 * group : 3 * group + 3]
+        assert len(set(_keys(chunk))) == 1
+        frames = [tuple(read_index(f) for f in clip_to_uint8_frames(s["clip"], TRAIN).numpy()) for s in chunk]
+        assert all(list(f) == sorted(f) for f in frames)
+        distinct += len(set(frames)) > 1
+    assert distinct > 0  # each clip of a decode has its own segment offsets
+    with pytest.raises(UserError, match="samples-per-decode"):
+        ShardDataset(shard_dir, EVAL, mode="exact", samples_per_decode=2)
+
+
+def test_bad_shard_arguments(tmp_path, shard_dir):
+    with pytest.raises(UserError, match="holds no .tar"):
+        ShardDataset(tmp_path, EVAL)
+    with pytest.raises(UserError, match="does not exist"):
+        ShardDataset(str(tmp_path / "nope.tar"), EVAL)
+    with pytest.raises(UserError, match="mode"):
+        ShardDataset(shard_dir, EVAL, mode="sometimes")
+    brace = os.path.join(shard_dir, "shard-{000000..000003}.tar")
+    by_pattern = ShardDataset(brace, EVAL)
+    assert len(by_pattern.shards) == 4 and by_pattern.num_samples == NUM_VIDEOS  # counted from the tar headers
+
+
+def test_rank_and_world_size_from_the_environment(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert dist_info() == (1, 2)
+    assert dist_info(0, 4) == (0, 4)
+    monkeypatch.setenv("RANK", "2")
+    with pytest.raises(UserError):
+        dist_info()
