@@ -222,6 +222,9 @@ class ShardDataset(IterableDataset):
         # Shared with the DataLoader workers (handed over when they start): the main process sees their counts, and
         # persistent workers see set_epoch.
         self._epoch = multiprocessing.Value("q", 0)
+        self._resume_batches = 0  # batches of this rank already consumed (resume), see resume_from
+        self._resume_batch_size = 1
+        self._resume_workers = 1
         self._skipped = multiprocessing.Value("q", 0)
         self._bad_shards = multiprocessing.Value("q", 0)
 
@@ -237,6 +240,22 @@ class ShardDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch used in the worker seeds (reaches persistent workers too)."""
         self._epoch.value = int(epoch)
+
+    def resume_from(self, batches_consumed: int, batch_size: int, num_workers: int) -> None:
+        """Continue the stream after ``batches_consumed`` batches of this rank (a resumed run).
+
+        A DataLoader takes batch j from worker ``j % num_workers``, so worker w skips its share of the consumed
+        batches. Skipped samples are read from the tar but not decoded; sampling and augmentation randomness is
+        drawn per decode from (seed, rank, worker, epoch, decode number), so the resumed stream continues exactly as
+        the uninterrupted one would have (as long as no sample failed to decode in the skipped part).
+        """
+        self._resume_batches = int(batches_consumed)
+        self._resume_batch_size = int(batch_size)
+        self._resume_workers = max(1, int(num_workers))
+
+    def _samples_to_skip(self, worker: int) -> int:
+        b, w = self._resume_batches, self._resume_workers
+        return max(0, (b - worker + w - 1) // w) * self._resume_batch_size
 
     def stats(self) -> dict[str, int]:
         """Totals over all workers so far: {"skipped_samples", "bad_shards"}."""
@@ -327,9 +346,16 @@ class ShardDataset(IterableDataset):
         else:
             shard_paths = (self.shards[int(rng.integers(len(self.shards)))] for _ in itertools.count())
         failures = 0
-        for sample in shuffled(self._raw_samples(shard_paths), self.shuffle_buffer, rng):
+        skip = self._samples_to_skip(worker)
+        k = self.samples_per_decode
+        for decode_number, sample in enumerate(shuffled(self._raw_samples(shard_paths), self.shuffle_buffer, rng)):
+            if skip >= k:  # resuming: this decode's clips were consumed before the restart
+                skip -= k
+                continue
+            # Per-decode randomness: independent of how many decodes were skipped or failed before this one.
+            sample_rng = np.random.default_rng([self.seed, self.rank, worker, epoch, decode_number])
             try:
-                out = self._decode(sample, rng)
+                out = self._decode(sample, sample_rng)
             except DecodeError as err:
                 self._count(self._skipped)
                 log.warning("skipping sample %s (%s): %s", sample.get("__key__"), sample.get("__shard__"), err)
@@ -341,7 +367,8 @@ class ShardDataset(IterableDataset):
                     ) from err
                 continue
             failures = 0
-            yield from out
+            yield from out[skip:]
+            skip = 0
 
 
 def make_loader(

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "shards": ("data.shards", "write webdataset shards from a manifest or a dataset preset"),
     "preview": ("data.preview", "write the TIME clip of one video as PNG frames and a contact sheet"),
     "bench-loader": ("data.bench", "benchmark clip loading (clips/s per core, decode vs. the rest)"),
+    "bench-step": ("pretrain.bench_step", "benchmark a pretraining step (SDPA vs. explicit attention, checkpointing)"),
 }
 
 

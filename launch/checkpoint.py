@@ -1,0 +1,166 @@
+"""Run checkpoints: DeepSpeed's sharded save plus what a resume needs, committed atomically.
+
+Layout under ``<output_dir>/checkpoints``::
+
+    step_00001000/          DeepSpeed files of every rank (model, ZeRO optimizer partitions)
+                            rng_rank{r}.pt  python / numpy / torch RNG states of rank r
+                            COMPLETE        JSON (step, world size, ZeRO stage), written last
+    latest                  the name of the newest complete checkpoint; replaced atomically (rename)
+
+A checkpoint counts only once every rank has written its files (barrier) and rank 0 has written ``COMPLETE``; only
+then does ``latest`` move. A crash or SIGKILL in the middle of a save leaves the previous checkpoint as ``latest``.
+Resuming with another number of ranks: ZeRO optimizer partitions do not fit, so the fp32 weights are consolidated
+from the checkpoint (DeepSpeed's zero_to_fp32) and the optimizer moments start afresh; the run says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import shutil
+from typing import Any
+
+import numpy as np
+import torch
+
+from data.errors import UserError
+
+PREFIX = "step_"
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_torch_save(obj: Any, path: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def rng_state() -> dict:
+    # The python state is a tuple with ints; stored as bytes so the file loads with weights_only=True.
+    return {
+        "python": np.frombuffer(pickle.dumps(random.getstate()), dtype=np.uint8).copy(),
+        "numpy": np.frombuffer(pickle.dumps(np.random.get_state()), dtype=np.uint8).copy(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(pickle.loads(bytes(state["python"])))  # noqa: S301 - our own file, written by rng_state()
+    np.random.set_state(pickle.loads(bytes(state["numpy"])))  # noqa: S301
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+class CheckpointManager:
+    def __init__(self, output_dir: str, *, rank: int, keep_last: int = 2):
+        self.root = os.path.join(output_dir, "checkpoints")
+        self.rank = rank
+        self.keep_last = max(1, keep_last)
+
+    def complete_tags(self) -> list[str]:
+        """Complete checkpoints, oldest first."""
+        if not os.path.isdir(self.root):
+            return []
+        tags = [t for t in os.listdir(self.root) if t.startswith(PREFIX) and self.is_complete(t)]
+        return sorted(tags)
+
+    def is_complete(self, tag: str) -> bool:
+        return os.path.isfile(os.path.join(self.root, tag, "COMPLETE"))
+
+    def save(self, engine, step: int, client_state: dict, info: dict) -> str:
+        """Collective: every rank calls it. Returns the checkpoint folder."""
+        tag = f"{PREFIX}{step:08d}"
+        folder = os.path.join(self.root, tag)
+        if self.rank == 0 and os.path.isdir(folder) and not self.is_complete(tag):
+            shutil.rmtree(folder)  # leftovers of an interrupted save of the same step
+        _barrier()
+        engine.save_checkpoint(self.root, tag=tag, client_state=client_state, save_latest=False)
+        atomic_torch_save(rng_state(), os.path.join(folder, f"rng_rank{self.rank}.pt"))
+        _barrier()
+        if self.rank == 0:
+            atomic_write_text(os.path.join(folder, "COMPLETE"), json.dumps({"step": step, **info}) + "\n")
+            atomic_write_text(os.path.join(self.root, "latest"), tag + "\n")
+            for old in self.complete_tags()[: -self.keep_last]:
+                shutil.rmtree(os.path.join(self.root, old), ignore_errors=True)
+        _barrier()
+        return folder
+
+    def find(self, resume: str) -> str | None:
+        """The checkpoint folder to resume from: ``auto`` (newest complete, if any), ``none``, or a folder."""
+        if resume == "none":
+            return None
+        if resume == "auto":
+            tags = self.complete_tags()
+            latest = os.path.join(self.root, "latest")
+            if os.path.isfile(latest):
+                with open(latest) as fh:
+                    tag = fh.read().strip()
+                if tag in tags:
+                    return os.path.join(self.root, tag)
+            return os.path.join(self.root, tags[-1]) if tags else None
+        folder = resume.rstrip("/")
+        if not os.path.isfile(os.path.join(folder, "COMPLETE")):
+            raise UserError(
+                f"--resume {resume} is not a complete checkpoint folder (no COMPLETE file); give a step_* folder from "
+                "<output-dir>/checkpoints, or --resume auto"
+            )
+        return folder
+
+    @staticmethod
+    def read_info(folder: str) -> dict:
+        with open(os.path.join(folder, "COMPLETE")) as fh:
+            return json.load(fh)
+
+    def load(self, engine, folder: str) -> dict:
+        """Same world size: DeepSpeed's own load (weights, optimizer, loss scaler) and this rank's RNG states."""
+        root, tag = os.path.split(folder)
+        _, client_state = engine.load_checkpoint(root, tag=tag, load_lr_scheduler_states=False)
+        if client_state is None:
+            raise UserError(f"DeepSpeed could not load the checkpoint {folder}; start afresh with --resume none")
+        rng_file = os.path.join(folder, f"rng_rank{self.rank}.pt")
+        if os.path.isfile(rng_file):
+            set_rng_state(torch.load(rng_file, weights_only=True))
+        return client_state
+
+    @staticmethod
+    def consolidated_weights(folder: str) -> dict:
+        """fp32 model weights from a checkpoint written with any number of ranks and any ZeRO stage."""
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        root, tag = os.path.split(folder)
+        info = CheckpointManager.read_info(folder)
+        if info.get("zero_stage", 0) == 0:
+            state = torch.load(os.path.join(folder, "mp_rank_00_model_states.pt"), map_location="cpu",
+                               weights_only=False)
+            return {k: v.float() for k, v in state["module"].items()}
+        return get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
+
+    @staticmethod
+    def client_state(folder: str) -> dict:
+        """The client state (step, data position, config) stored with DeepSpeed's model file of rank 0."""
+        state = torch.load(os.path.join(folder, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=False)
+        return {k: v for k, v in state.items() if k in ("timemae",)}.get("timemae", {})

@@ -1,0 +1,115 @@
+"""How this process was started, and distributed initialisation to match.
+
+One place knows the launchers: plain ``python`` (one process), ``torchrun``, the ``deepspeed`` launcher (both set
+RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT), and SLURM's ``srun`` (SLURM_PROCID / SLURM_LOCALID /
+SLURM_NTASKS; the master is the first host of the job, the port is derived from the job id so that two jobs on one
+node do not collide). No hostfile to edit, no ssh between nodes.
+
+The backend is NCCL when CUDA is present and gloo otherwise (DeepSpeed's CPU accelerator), never chosen by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import subprocess
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class DistInfo:
+    launcher: str  # "python", "torchrun", "deepspeed", "slurm" or "env"
+    rank: int
+    local_rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _first_slurm_host(nodelist: str) -> str:
+    """First host name of a SLURM node list ("node[01-04,07]" -> "node01"), via scontrol when available."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=20)
+        if out.returncode == 0 and out.stdout.split():
+            return out.stdout.split()[0]
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    head = nodelist.split(",")[0]
+    if "[" in head:
+        prefix, rest = head.split("[", 1)
+        return prefix + rest.split("-")[0].split(",")[0].rstrip("]")
+    return head
+
+
+def detect(env: dict | None = None) -> DistInfo:
+    """Read the launcher's environment (``env`` defaults to ``os.environ``)."""
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        if "TORCHELASTIC_RUN_ID" in env:
+            launcher = "torchrun"
+        elif "CROSS_RANK" in env or "DS_LAUNCHER" in env or "LOCAL_SIZE" in env:
+            launcher = "deepspeed"
+        else:
+            launcher = "env"
+        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+        local = int(env.get("LOCAL_RANK", rank))
+        return DistInfo(launcher, rank, local, world, env.get("MASTER_ADDR", "127.0.0.1"),
+                        int(env.get("MASTER_PORT", 29500)))
+    if "SLURM_PROCID" in env and "SLURM_STEP_ID" in env and int(env.get("SLURM_NTASKS", 1)) >= 1:
+        job = int(env.get("SLURM_JOB_ID", 0))
+        nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or socket.gethostname()
+        master = env.get("MASTER_ADDR") or _first_slurm_host(nodelist)
+        port = int(env.get("MASTER_PORT") or 20000 + job % 20000)
+        return DistInfo("slurm", int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)),
+                        int(env.get("SLURM_NTASKS", 1)), master, port)
+    return DistInfo("python", 0, 0, 1, "127.0.0.1", int(env.get("MASTER_PORT", 29500)))
+
+
+def device_for(info: DistInfo) -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", info.local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def init(info: DistInfo) -> torch.device:
+    """Initialise torch.distributed through DeepSpeed (also for one process, which DeepSpeed's engine expects)."""
+    import deepspeed  # heavy; only runs need it
+
+    for key, value in {
+        "RANK": info.rank, "LOCAL_RANK": info.local_rank, "WORLD_SIZE": info.world_size,
+        "MASTER_ADDR": info.master_addr, "MASTER_PORT": info.master_port,
+    }.items():
+        os.environ[key] = str(value)
+    device = device_for(info)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    return device
+
+
+def rank_map(info: DistInfo, device: torch.device) -> list[tuple[str, int, int, str]]:
+    """(host, rank, local rank, device) of every rank, gathered on all ranks."""
+    mine = (socket.gethostname(), info.rank, info.local_rank, str(device))
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [mine]
+    out: list = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, mine)
+    return out
+
+
+def format_rank_map(rows: list[tuple[str, int, int, str]], launcher: str) -> str:
+    lines = [f"launcher: {launcher}, world size {len(rows)}", f"{'host':<24}{'rank':>6}{'local':>7}  device"]
+    lines += [f"{host:<24}{rank:>6}{local:>7}  {dev}" for host, rank, local, dev in sorted(rows, key=lambda r: r[1])]
+    return "\n".join(lines)

@@ -1,0 +1,78 @@
+"""Run logging on rank 0: ``log.jsonl`` (one JSON object per logged step), tensorboard events, a console line."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+
+class RunLogger:
+    """Writes nothing on ranks other than 0 (``enabled=False``), so callers need no rank checks."""
+
+    def __init__(self, output_dir: str, *, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self.output_dir = output_dir
+        self._tb = None
+        self._jsonl = None
+        self._start = time.time()
+        if not enabled:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        self._jsonl = open(os.path.join(output_dir, "log.jsonl"), "a", buffering=1)  # noqa: SIM115 - lives with run
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # imports tensorboard; rank 0 only
+
+            self._tb = SummaryWriter(os.path.join(output_dir, "tensorboard"))
+
+    def info(self, message: str) -> None:
+        if self.enabled:
+            print(message, flush=True)
+
+    def log_step(self, step: int, values: dict[str, Any], *, console: bool = True) -> None:
+        """One JSON line, tensorboard scalars under ``train/``, and a progress line on the console."""
+        if not self.enabled:
+            return
+        record = {"step": step, **{k: _plain(v) for k, v in values.items()}}
+        record["time_s"] = round(time.time() - self._start, 3)
+        self._jsonl.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in values.items():
+                if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+                    self._tb.add_scalar(f"train/{key}", value, step)
+        if console:
+            parts = [f"step {step}"]
+            for key, fmt in (("loss", ".4f"), ("lr", ".3e"), ("grad_norm", ".3f"), ("clips_per_s", ".1f"),
+                             ("data_wait_s", ".3f")):
+                if key in values and values[key] is not None:
+                    parts.append(f"{key} {values[key]:{fmt}}")
+            print("  ".join(parts), file=sys.stdout, flush=True)
+
+    def log_images(self, tag: str, images: np.ndarray, step: int) -> None:
+        """images: (N, H, W, 3) uint8."""
+        if self.enabled and self._tb is not None:
+            self._tb.add_images(tag, images, step, dataformats="NHWC")
+
+    def flush(self) -> None:
+        if self.enabled and self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._tb is not None:
+            self._tb.close()
+        self._jsonl.close()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)  # JSON has no NaN/inf
+    if hasattr(value, "item"):
+        return value.item()
+    return value

@@ -1,0 +1,143 @@
+"""The pretraining step and loop: masks, loss, DeepSpeed backward/step, logging, checkpoints.
+
+One optimizer step = ``accum_steps`` micro-batches. DeepSpeed counts micro-steps and applies the optimizer at the
+accumulation boundary; the loss it receives is divided by ``accum_steps`` inside ``engine.backward``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pretrain.config import Derived, PretrainConfig
+from pretrain.loss import reconstruction_loss
+from pretrain.masking import random_mask, running_cell_mask, tube_mask
+
+
+def lr_at(step: int, d: Derived) -> float:
+    """Linear warm-up from 0 to ``d.lr`` over ``d.warmup_steps``, then half-cosine to ``d.min_lr`` (per step)."""
+    if step < d.warmup_steps:
+        return d.lr * (step + 1) / d.warmup_steps
+    span = max(1, d.total_steps - d.warmup_steps)
+    progress = min(1.0, (step - d.warmup_steps) / span)
+    return d.min_lr + 0.5 * (d.lr - d.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases, norms (1-D tensors) and the model's ``no_weight_decay`` names."""
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name in skip or name.split(".")[-1] in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig, lr: float, device: torch.device):
+    """Fused Adam on CUDA (DeepSpeed's), torch AdamW elsewhere; the same update rule either way."""
+    groups = param_groups(model, cfg.weight_decay)
+    betas = tuple(cfg.betas)
+    if device.type == "cuda":
+        from deepspeed.ops.adam import FusedAdam
+
+        return FusedAdam(groups, lr=lr, betas=betas, adam_w_mode=True)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+def step_seed(seed: int, rank: int, step: int, micro: int) -> int:
+    """Seed of the masks of one micro-batch: a function of the position only, so a resumed run draws the same."""
+    return int(np.random.SeedSequence([seed, rank, step, micro]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def make_masks(cfg: PretrainConfig, batch: int, grid: tuple[int, int, int], seed: int
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Encoder mask (B, L) and optional decoder mask; True = masked (hidden from the encoder / not decoded)."""
+    gen = torch.Generator().manual_seed(seed)
+    make = tube_mask if cfg.mask_type == "tube" else random_mask
+    mask = make(batch, grid, cfg.mask_ratio, gen)
+    decoder_mask = running_cell_mask(batch, grid, cfg.decoder_mask_ratio, gen) if cfg.decoder_mask_ratio else None
+    return mask, decoder_mask
+
+
+@dataclass
+class LoopState:
+    step: int = 0  # optimizer steps done
+    micro_batches: int = 0  # micro-batches consumed from this rank's data stream
+    bad_steps: int = 0  # consecutive steps with a non-finite loss
+    skipped_steps: int = 0  # all steps skipped for a non-finite loss
+    last_good_checkpoint: str = ""
+
+
+def _all_ranks_finite(loss: torch.Tensor) -> bool:
+    flag = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        flag = flag.to(loss.device)
+        torch.distributed.all_reduce(flag)
+    return float(flag.item()) == 0.0
+
+
+class NonFiniteLoss(RuntimeError):
+    """Too many consecutive micro-batches with a non-finite loss."""
+
+
+def train_step(engine, batches: Iterator[dict], cfg: PretrainConfig, d: Derived, state: LoopState, *,
+               rank: int, device: torch.device, dtype: torch.dtype) -> dict:
+    """One optimizer step over ``accum_steps`` good micro-batches. Returns the values to log.
+
+    A micro-batch whose loss is not finite on any rank is skipped by every rank (no backward, no step, so ranks and
+    DeepSpeed's micro-step counter stay in step) and counted; the next micro-batch takes its place. After
+    ``cfg.max_bad_steps`` in a row, `NonFiniteLoss` stops the run. DeepSpeed's fp16 loss scaler separately skips
+    optimizer steps whose gradients overflow.
+    """
+    lr = lr_at(state.step, d)
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
+    losses, wait, skipped = [], 0.0, 0
+    while len(losses) < cfg.accum_steps:
+        t0 = time.perf_counter()
+        batch = next(batches)
+        wait += time.perf_counter() - t0
+        micro = len(losses) + skipped
+        state.micro_batches += 1
+        x = batch["clip"].to(device, non_blocking=True)  # (B, 3, T, H, W) fp32
+        mask, decoder_mask = make_masks(cfg, x.shape[0], d.token_grid, step_seed(cfg.seed, rank, state.step, micro))
+        mask = mask.to(device)
+        decoder_mask = decoder_mask.to(device) if decoder_mask is not None else None
+        pred = engine(x.to(dtype), mask, decoder_mask)
+        module = engine.module
+        # The target comes from the fp32 input, whatever the compute precision (spec: loss in fp32).
+        loss = reconstruction_loss(pred, x, mask, patch_size=module.patch_size, tubelet_size=module.tubelet_size,
+                                   normalize_target=cfg.norm_pix_loss, decoder_mask=decoder_mask)
+        if not _all_ranks_finite(loss):
+            skipped += 1
+            state.bad_steps += 1
+            state.skipped_steps += 1
+            if state.bad_steps >= cfg.max_bad_steps:
+                raise NonFiniteLoss(
+                    f"{state.bad_steps} micro-batches in a row gave a non-finite loss at step {state.step}; "
+                    f"last good checkpoint: {state.last_good_checkpoint or 'none'} (lower --base-lr, or set "
+                    "--clip-grad, and resume from it)"
+                )
+            continue
+        state.bad_steps = 0
+        engine.backward(loss)
+        engine.step()
+        losses.append(float(loss.detach()))
+    state.step += 1
+    grad_norm = engine.get_global_grad_norm() if hasattr(engine, "get_global_grad_norm") else None
+    out = {
+        "loss": float(np.mean(losses)),
+        "lr": lr,
+        "grad_norm": float(grad_norm) if grad_norm is not None else None,
+        "data_wait_s": wait,
+        "skipped_micro_batches": skipped,
+    }
+    if d.precision == "fp16" and hasattr(engine.optimizer, "cur_scale"):
+        out["loss_scale"] = float(engine.optimizer.cur_scale)
+    return out
