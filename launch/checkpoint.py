@@ -55,16 +55,16 @@ def atomic_torch_save(obj: Any, path: str) -> None:
 def rng_state() -> dict:
     # The python state is a tuple with ints; stored as bytes so the file loads with weights_only=True.
     return {
-        "python": np.frombuffer(pickle.dumps(random.getstate()), dtype=np.uint8).copy(),
-        "numpy": np.frombuffer(pickle.dumps(np.random.get_state()), dtype=np.uint8).copy(),
+        "python": torch.frombuffer(bytearray(pickle.dumps(random.getstate())), dtype=torch.uint8),
+        "numpy": torch.frombuffer(bytearray(pickle.dumps(np.random.get_state())), dtype=torch.uint8),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(pickle.loads(bytes(state["python"])))  # noqa: S301 - our own file, written by rng_state()
-    np.random.set_state(pickle.loads(bytes(state["numpy"])))  # noqa: S301
+    random.setstate(pickle.loads(state["python"].numpy().tobytes()))  # noqa: S301 - our own file (rng_state)
+    np.random.set_state(pickle.loads(state["numpy"].numpy().tobytes()))  # noqa: S301
     torch.set_rng_state(state["torch"])
     if torch.cuda.is_available() and state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -162,5 +162,8 @@ class CheckpointManager:
     @staticmethod
     def client_state(folder: str) -> dict:
         """The client state (step, data position, config) stored with DeepSpeed's model file of rank 0."""
-        state = torch.load(os.path.join(folder, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=False)
-        return {k: v for k, v in state.items() if k in ("timemae",)}.get("timemae", {})
+        for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"):  # ZeRO 0-2 / 3
+            path = os.path.join(folder, name)
+            if os.path.isfile(path):
+                return torch.load(path, map_location="cpu", weights_only=False).get("timemae", {})
+        raise UserError(f"{folder} holds no DeepSpeed model-state file; resume from another checkpoint")

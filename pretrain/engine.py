@@ -130,9 +130,14 @@ def train_step(engine, batches: Iterator[dict], cfg: PretrainConfig, d: Derived,
         engine.step()
         losses.append(float(loss.detach()))
     state.step += 1
+    mean_loss = torch.tensor([float(np.mean(losses))])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():  # log the mean over ranks
+        mean_loss = mean_loss.to(device)
+        torch.distributed.all_reduce(mean_loss)
+        mean_loss /= torch.distributed.get_world_size()
     grad_norm = engine.get_global_grad_norm() if hasattr(engine, "get_global_grad_norm") else None
     out = {
-        "loss": float(np.mean(losses)),
+        "loss": float(mean_loss.item()),
         "lr": lr,
         "grad_norm": float(grad_norm) if grad_norm is not None else None,
         "data_wait_s": wait,

@@ -1,0 +1,110 @@
+"""Config flags generated from the dataclass, YAML precedence, DeepSpeed config generation and merging."""
+
+import json
+
+import pytest
+import torch
+
+from data.errors import UserError
+from launch import config as config_lib
+from launch import distributed
+from launch.ds_config import make_ds_config, merge_extra, resolve_precision
+from pretrain.config import PretrainConfig, derive
+
+
+def test_every_field_is_a_kebab_case_flag():
+    parser = __import__("argparse").ArgumentParser()
+    config_lib.add_dataclass_arguments(parser, PretrainConfig)
+    flags = {a.option_strings[0] for a in parser._actions if a.option_strings}
+    for name in PretrainConfig.__dataclass_fields__:
+        assert "--" + name.replace("_", "-") in flags
+
+
+def test_defaults_yaml_then_flags(tmp_path):
+    cfg = config_lib.parse(PretrainConfig, [])
+    assert cfg == PretrainConfig()
+    y = tmp_path / "run.yaml"
+    y.write_text("mask_ratio: 0.8\nbatch-size: 4\nbetas: [0.9, 0.999]\ngrad_checkpointing: true\n")
+    cfg = config_lib.parse(PretrainConfig, ["--config", str(y), "--batch-size", "8", "--no-grad-checkpointing"])
+    assert (cfg.mask_ratio, cfg.batch_size, cfg.betas, cfg.grad_checkpointing) == (0.8, 8, (0.9, 0.999), False)
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = PretrainConfig(mask_ratio=0.75, grid_n=4, betas=(0.8, 0.9), model="vit_tiny")
+    path = tmp_path / "c.yaml"
+    config_lib.dump_yaml(cfg, str(path))
+    assert config_lib.parse(PretrainConfig, ["--config", str(path)]) == cfg
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("mask_rato: 0.8\n", "unknown key 'mask_rato'"),
+        ("batch_size: eight\n", "batch_size"),
+        ("grad_checkpointing: 1\n", "true or false"),
+        ("- a\n- b\n", "mapping"),
+        ("precision: fp8\n", "--precision 'fp8'"),
+    ],
+)
+def test_bad_yaml_is_a_user_error(tmp_path, text, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError, match=match):
+        config_lib.parse(PretrainConfig, ["--config", str(path)])
+
+
+def test_deepspeed_launcher_local_rank_is_accepted():
+    assert config_lib.parse(PretrainConfig, ["--local_rank=1", "--seed", "3"]).seed == 3
+
+
+def test_unknown_flag_exits_2():
+    with pytest.raises(SystemExit) as exc:
+        config_lib.parse(PretrainConfig, ["--mask-rato", "0.5"])
+    assert exc.value.code == 2
+
+
+def test_derived_values():
+    d = derive(PretrainConfig(batch_size=8, accum_steps=2, epochs=10, warmup_epochs=2), world_size=4,
+               num_samples=1000, precision="fp32", token_grid=(8, 14, 14))
+    assert d.global_batch == 64 and d.lr == pytest.approx(1.5e-4 * 64 / 256)
+    assert d.steps_per_epoch == 15 and d.total_steps == 150 and d.warmup_steps == 30
+    assert derive(PretrainConfig(max_steps=7), world_size=1, num_samples=10, precision="fp32",
+                  token_grid=(1, 1, 1)).total_steps == 7
+
+
+def test_ds_config_from_flags_and_merge(tmp_path):
+    cfg = make_ds_config(micro_batch=4, accum_steps=2, world_size=3, precision="bf16", zero_stage=2, clip_grad=1.0)
+    assert cfg["train_batch_size"] == 24 and cfg["bf16"]["enabled"] and cfg["zero_optimization"]["stage"] == 2
+    extra = tmp_path / "extra.json"
+    extra.write_text(json.dumps({"zero_optimization": {"overlap_comm": True}, "wall_clock_breakdown": False}))
+    merged = merge_extra(cfg, str(extra))
+    assert merged["zero_optimization"] == {"stage": 2, "overlap_comm": True}
+    extra.write_text(json.dumps({"zero_optimization": {"stage": 3}}))
+    with pytest.raises(UserError, match="zero_optimization.stage=3 but the flags give 2"):
+        merge_extra(cfg, str(extra))
+    fp16 = make_ds_config(micro_batch=1, accum_steps=1, world_size=1, precision="fp16", zero_stage=1, clip_grad=0)
+    assert fp16["fp16"]["loss_scale"] == 0  # dynamic loss scaling
+
+
+def test_precision_auto_is_fp32_on_cpu():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32"
+    with pytest.raises(UserError, match="needs a CUDA GPU"):
+        resolve_precision("bf16", cpu)
+
+
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        ({}, ("python", 0, 0, 1)),
+        ({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "TORCHELASTIC_RUN_ID": "x"}, ("torchrun", 3, 1, 8)),
+        ({"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "CROSS_RANK": "0"}, ("deepspeed", 1, 1, 2)),
+        ({"SLURM_PROCID": "5", "SLURM_LOCALID": "1", "SLURM_NTASKS": "8", "SLURM_STEP_ID": "0",
+          "SLURM_JOB_ID": "1234", "SLURM_JOB_NODELIST": "gpu[07-08]"}, ("slurm", 5, 1, 8)),
+    ],
+)
+def test_launcher_detection(env, expected):
+    info = distributed.detect(env)
+    assert (info.launcher, info.rank, info.local_rank, info.world_size) == expected
+    if info.launcher == "slurm":
+        assert info.master_addr == "gpu07" and info.master_port == 20000 + 1234
