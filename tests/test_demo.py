@@ -1,0 +1,249 @@
+"""The demo dataset: layout, labels, determinism, decodability, shards, and that only motion tells the classes apart."""
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from data import demo
+from data.errors import UserError
+from data.manifest import read_manifest
+from launch.cli import main as timemae
+
+TINY = {"per_class": 2, "val_per_class": 1, "num_frames": 16, "size": (96, 72)}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict:
+    """A tiny demo with depth and shards: 8 classes x (2 train + 1 val), 16 frames of 96x72."""
+    return demo.make_demo(tmp_path_factory.mktemp("demo") / "tiny", seed=3, workers=1, **TINY)
+
+
+def _decode(path_or_bytes) -> np.ndarray:
+    """All frames of an mp4 with PyAV: (T, H, W, 3) uint8."""
+    source = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
+    with av.open(source) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+def _scene(seed: int, split: str, label: int, index: int, num_frames: int, size: tuple[int, int]) -> demo.Scene:
+    rng = demo.video_rng(seed, split, label, index)
+    return demo.sample_scene(label, rng, num_frames=num_frames, width=size[0], height=size[1])
+
+
+def _blur3(image: np.ndarray) -> np.ndarray:
+    """3x3 box blur of (T, H, W) (edges replicated)."""
+    padded = np.pad(image, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    h, w = image.shape[1:]
+    return sum(padded[:, i : i + h, j : j + w] for i in range(3) for j in range(3)) / 9.0
+
+
+def _affine_motion(frames: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Mean affine optical flow of the object (Lucas-Kanade on its pixels): (tx, ty, divergence, curl).
+
+    Args:
+        frames: (T, H, W, 3) uint8 decoded frames.
+        alpha: (T, H, W) object coverage (which pixels belong to the object).
+
+    Returns:
+        (4,) float: translation in px/frame (x right, y down), divergence and curl of the flow per frame. In image
+        coordinates (y down) a positive curl is a clockwise turn on screen.
+    """
+    gray = _blur3(frames.astype(np.float32).mean(axis=-1))
+    ys, xs = np.mgrid[0 : gray.shape[1], 0 : gray.shape[2]].astype(np.float32)
+    estimates = []
+    for t in range(len(gray) - 1):
+        sel = np.maximum(alpha[t], alpha[t + 1]) > 0
+        grad_y, grad_x = np.gradient(0.5 * (gray[t] + gray[t + 1]))
+        gx, gy, it = grad_x[sel], grad_y[sel], (gray[t + 1] - gray[t])[sel]
+        px, py = xs[sel] - xs[sel].mean(), ys[sel] - ys[sel].mean()
+        # Brightness constancy gx * u + gy * v + it = 0 with u = a + b px + c py, v = d + e px + f py.
+        design = np.stack([gx, gx * px, gx * py, gy, gy * px, gy * py], axis=1)
+        a, b, c, d, e, f = np.linalg.lstsq(design, -it, rcond=None)[0]
+        estimates.append((a, d, (b + f) / 2, (e - c) / 2))
+    return np.mean(estimates, axis=0)
+
+
+# Which motion statistic (index into _affine_motion's output) and sign identify each class.
+SIGNATURES = {
+    "move_left": (0, -1),
+    "move_right": (0, +1),
+    "move_up": (1, -1),
+    "move_down": (1, +1),
+    "rotate_cw": (3, +1),
+    "rotate_ccw": (3, -1),
+    "approach": (2, +1),
+    "recede": (2, -1),
+}
+
+
+def test_layout_manifests_and_labels(tiny):
+    root = Path(tiny["root"])
+    assert (root / "classes.txt").read_text().split() == list(demo.CLASSES)
+    assert json.loads((root / demo.STAMP).read_text())["complete"] is True
+    assert sorted(tiny["manifests"]) == ["depth_train", "depth_val", "train", "val"]
+    for key, path in tiny["manifests"].items():
+        modality, split = ("depth", key[6:]) if key.startswith("depth_") else ("rgb", key)
+        records = read_manifest(path)
+        per_class = TINY["per_class"] if split == "train" else TINY["val_per_class"]
+        assert len(records) == len(demo.CLASSES) * per_class
+        for record in records:
+            assert Path(record.path).is_file()
+            assert demo.CLASSES[record.label] == record.class_name
+            assert Path(record.path).name.startswith(record.class_name + "_")
+            assert Path(record.path).parent == root / "videos" / modality / split
+            assert (record.split, record.modality) == (split, modality)
+        assert np.bincount([r.label for r in records]).tolist() == [per_class] * len(demo.CLASSES)
+
+
+def test_videos_decode_to_the_right_frames(tiny):
+    width, height = TINY["size"]
+    for key in ("train", "depth_val"):
+        for record in read_manifest(tiny["manifests"][key])[:: 3]:
+            frames = _decode(record.path)
+            assert frames.shape == (TINY["num_frames"], height, width, 3)
+            if record.modality == "depth":
+                # Gray (R = G = B up to chroma rounding), 0 unused, object (near) darker than the background (far).
+                assert np.abs(frames.astype(int) - frames[..., :1]).max() <= 2
+                assert frames.min() > 0
+                scene = _scene(3, "val", record.label, record.episode, TINY["num_frames"], TINY["size"])
+                alpha = demo.render_scene(scene)[2]
+                assert frames[..., 0][alpha > 0.99].mean() < frames[..., 0][alpha == 0].mean() - 40
+
+
+def test_same_seed_same_bytes_different_seed_differs(tiny, tmp_path):
+    # Same seed in another folder, other counts, two worker processes: the shared videos are byte-identical.
+    again = demo.make_demo(tmp_path / "again", seed=3, per_class=1, val_per_class=1, num_frames=16, size=(96, 72),
+                           depth=False, shards=False, workers=2)
+    assert sorted(again["manifests"]) == ["train", "val"] and again["shards"] == {}
+    for label in (0, 7):
+        rel = demo.video_relpath("rgb", "val", label, 0)
+        assert (Path(again["root"]) / rel).read_bytes() == (Path(tiny["root"]) / rel).read_bytes()
+    assert not (Path(again["root"]) / "videos" / "depth").exists()
+    # The encoder alone is deterministic, and another seed gives another video.
+    rgb = demo.render_scene(_scene(3, "train", 4, 0, 16, (96, 72)))[0]
+    assert demo.encode_mp4(rgb, 25) == demo.encode_mp4(rgb.copy(), 25)
+    other = demo.render_scene(_scene(4, "train", 4, 0, 16, (96, 72)))[0]
+    assert demo.encode_mp4(other, 25) != demo.encode_mp4(rgb, 25)
+
+
+def test_single_frames_do_not_tell_the_class():
+    """Pooled over frames, every class has the same single-frame statistics; a Gaussian classifier is at chance."""
+    num_frames, (width, height), per_class = 8, (48, 36), 300
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
+    features, labels, videos = [], [], []
+    for label in range(len(demo.CLASSES)):
+        for i in range(per_class):
+            rgb, depth, alpha = demo.render_scene(_scene(7, "train", label, i, num_frames, (width, height)))
+            area = alpha.sum(axis=(1, 2))
+            features.append(np.stack([
+                (alpha * xs).sum(axis=(1, 2)) / area / width,  # object centroid
+                (alpha * ys).sum(axis=(1, 2)) / area / height,
+                np.sqrt(area) / height,  # object size
+                depth.reshape(num_frames, -1).min(axis=1) / 255.0,  # nearest depth
+                rgb.reshape(num_frames, -1).mean(axis=1) / 255.0,  # brightness
+            ], axis=1))
+            labels.append(np.full(num_frames, label))
+            videos.append(np.full(num_frames, i))
+    z = np.concatenate(features)
+    z = (z - z.mean(axis=0)) / z.std(axis=0)
+    labels, videos = np.concatenate(labels), np.concatenate(videos)
+    for label in range(len(demo.CLASSES)):
+        mine = z[labels == label]
+        # Tolerances: about 1.5x the sampling noise here; static classes at a uniform position instead of the
+        # ramp's law (std 1.07 vs. 0.76 for the movers on that axis) fail the std check.
+        assert np.abs(mine.mean(axis=0)).max() < 0.25, (demo.CLASSES[label], mine.mean(axis=0))
+        assert np.abs(mine.std(axis=0) - 1.0).max() < 0.14, (demo.CLASSES[label], mine.std(axis=0))
+
+    def gaussian_classifier_accuracy(x: np.ndarray) -> float:
+        train = videos < per_class // 2  # held-out videos, not held-out frames of seen videos
+        scores = []
+        for label in range(len(demo.CLASSES)):
+            fit = x[train & (labels == label)]
+            cov = np.cov(fit.T) + 1e-6 * np.eye(x.shape[1])
+            d = x[~train] - fit.mean(axis=0)
+            scores.append(-0.5 * np.einsum("ij,jk,ik->i", d, np.linalg.inv(cov), d) - 0.5 * np.linalg.slogdet(cov)[1])
+        return float((np.argmax(scores, axis=0) == labels[~train]).mean())
+
+    assert gaussian_classifier_accuracy(z) < 0.2  # chance is 1/8
+    # The same statistics as frame-to-frame differences tell the translation and size classes apart (the two
+    # rotation classes look alike to them), so the check above has the power to see a difference.
+    step = np.diff(z.reshape(-1, num_frames, z.shape[1]), axis=1).reshape(-1, z.shape[1])
+    labels, videos = labels.reshape(-1, num_frames)[:, 1:].ravel(), videos.reshape(-1, num_frames)[:, 1:].ravel()
+    assert gaussian_classifier_accuracy(step[:, :3]) > 0.75  # at most 7/8 + a little: rotations merge
+
+
+def test_motion_in_the_decoded_videos_tells_every_class(tiny):
+    """The object's affine flow, measured on the decoded mp4 pixels, has each class's signature."""
+    records = read_manifest(tiny["manifests"]["train"]) + read_manifest(tiny["manifests"]["val"])
+    motion = []
+    for record in records:
+        scene = _scene(3, record.split, record.label, record.episode, TINY["num_frames"], TINY["size"])
+        motion.append(_affine_motion(_decode(record.path), demo.render_scene(scene)[2]))
+    z = np.array(motion) / np.array(motion).std(axis=0)
+    scores = np.stack([sign * z[:, channel] for channel, sign in (SIGNATURES[name] for name in demo.CLASSES)], 1)
+    assert np.argmax(scores, axis=1).tolist() == [r.label for r in records]
+
+
+def test_shards(tiny):
+    assert sorted(tiny["shards"]) == ["depth_train", "depth_val", "train", "val"]
+    for key, folder in tiny["shards"].items():
+        index = json.loads((Path(folder) / "index.json").read_text())
+        split = key.split("_")[-1]
+        per_class = TINY["per_class"] if split == "train" else TINY["val_per_class"]
+        assert index["num_samples"] == len(demo.CLASSES) * per_class and index["num_quarantined"] == 0
+        assert len(index["shards"]) >= demo.MIN_SHARDS[split]  # exact evaluation on 2 ranks x 2 workers
+        assert index["classes"] == list(demo.CLASSES)
+        with tarfile.open(Path(folder) / index["shards"][0]) as tar:
+            names = tar.getnames()
+            meta = json.loads(tar.extractfile(next(n for n in names if n.endswith(".json"))).read())
+        assert any(n.endswith(".mp4") for n in names)
+        assert meta["modality"] == ("depth" if key.startswith("depth") else "rgb")
+        assert meta["class_name"] == demo.CLASSES[meta["label"]] and meta["num_frames"] == TINY["num_frames"]
+
+
+def test_ensure_demo_reuses_and_regenerates(tmp_path):
+    out = tmp_path / "d"
+    kwargs = {"per_class": 1, "val_per_class": 1, "num_frames": 4, "size": (64, 48), "depth": False, "shards": False,
+              "workers": 1}
+    first = demo.ensure_demo(out, **kwargs)
+    video = Path(first["root"]) / demo.video_relpath("rgb", "train", 0, 0)
+    video.write_bytes(b"marker")  # survives only if nothing is regenerated
+    assert demo.ensure_demo(out, **kwargs) == first
+    assert video.read_bytes() == b"marker"
+    demo.ensure_demo(out, **{**kwargs, "seed": 1})  # other parameters: regenerated in place
+    assert video.read_bytes() != b"marker"
+    stamp = json.loads((out / demo.STAMP).read_text())
+    (out / demo.STAMP).write_text(json.dumps({**stamp, "complete": False}))  # an interrupted run is ours to replace
+    video.write_bytes(b"marker")
+    demo.ensure_demo(out, **{**kwargs, "seed": 1})
+    assert video.read_bytes() != b"marker"
+
+
+def test_foreign_output_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(UserError, match="choose an empty or new folder"):
+        demo.make_demo(tmp_path, per_class=1, val_per_class=1, num_frames=4, size=(64, 48))
+    assert timemae(["demo", "--out", str(tmp_path), "--num-frames", "4", "--no-shards"]) == 2
+    err = capsys.readouterr().err
+    assert "timemae demo: error:" in err and "--out" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]
+
+
+@pytest.mark.parametrize("kwargs", [{"per_class": 0}, {"num_frames": 1}, {"size": (95, 72)}, {"size": (32, 120)}])
+def test_bad_parameters_are_user_errors(tmp_path, kwargs):
+    with pytest.raises(UserError):
+        demo.make_demo(tmp_path / "x", **kwargs)
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_writes_the_demo(tmp_path, capsys):
+    code = timemae(["demo", "--out", str(tmp_path / "d"), "--per-class", "1", "--val-per-class", "1",
+                    "--num-frames", "4", "--size", "64x48", "--no-depth", "--no-shards", "--workers", "1"])
+    assert code == 0
+    assert "manifest train" in capsys.readouterr().out
+    assert len(read_manifest(tmp_path / "d" / "val.csv")) == len(demo.CLASSES)
