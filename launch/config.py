@@ -81,7 +81,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(cls):
         tp, _ = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        help_text = f"{f.metadata.get('help', '')} (default: {default})".replace("%", "%%")  # argparse formats help
         kw: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text}
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]

@@ -82,6 +82,8 @@ def validate(cfg: PretrainConfig, grid: tuple[int, int, int]) -> None:
             raise UserError(f"{config_lib.flag_name(name)} {getattr(cfg, name)} is < 1; use 1 or more")
     if cfg.num_workers < 0:
         raise UserError(f"--num-workers {cfg.num_workers} is < 0; use 0 (load in the main process) or more")
+    if len(cfg.betas) != 2 or not all(0 <= b < 1 for b in cfg.betas):
+        raise UserError(f"--betas {' '.join(map(str, cfg.betas))} must be two numbers in [0, 1), e.g. 0.9 0.95")
     if cfg.max_steps < 0 or cfg.epochs < 1:
         raise UserError("--epochs must be >= 1 and --max-steps >= 0 (0 = from --epochs)")
     validate_mask_ratio(cfg.mask_ratio, grid, "random" if cfg.mask_type == "random" else "tube")

@@ -130,16 +130,18 @@ def test_two_ranks_with_the_deepspeed_launcher(demo_dir, tmp_path, extra):
 
 @pytest.mark.slow
 def test_tiny_model_learns_on_demo_shards(demo_dir, tmp_path):
+    # Raw-pixel target: its loss has a clear floor far below the untrained model's, so 150 steps show learning. (The
+    # norm-pix target of the demo's smooth textures needs far longer to leave its trivial ~1.0 plateau.)
     run = tmp_path / "run"
     args = ["pretrain/run.py", "--model", "vit_tiny", "--input-size", "32", "--num-frames", "4", "--grid-n", "2",
-            "--mask-ratio", "0.75", "--batch-size", "8", "--num-workers", "2", "--max-steps", "300",
-            "--warmup-epochs", "1", "--base-lr", "3e-3", "--min-lr", "1e-4", "--log-every", "10", "--save-every",
-            "1000", "--recon-every", "0", "--output-dir", str(run)]
+            "--mask-ratio", "0.75", "--batch-size", "8", "--num-workers", "2", "--max-steps", "150",
+            "--warmup-epochs", "1", "--base-lr", "3e-2", "--min-lr", "1e-3", "--log-every", "1", "--save-every",
+            "1000", "--recon-every", "0", "--no-norm-pix-loss", "--output-dir", str(run)]
     check_ok(run_script(args, demo=demo_dir, timeout=900))
     log = read_log(run)
-    first = sum(log[s]["loss"] for s in (10, 20, 30)) / 3
-    last = sum(log[s]["loss"] for s in (280, 290, 300)) / 3
-    assert last < 0.85 * first, (first, last)
+    first = sum(log[s]["loss"] for s in range(1, 6)) / 5
+    last = sum(log[s]["loss"] for s in range(141, 151)) / 10
+    assert last < 0.5 * first, (first, last)
 
 
 @pytest.mark.parametrize(
