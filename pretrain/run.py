@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         state.last_good_checkpoint = folder
         log.info(f"checkpoint {folder}; encoder export {os.path.join(cfg.output_dir, 'encoder.pth')}")
 
+    from launch.preemption import StopRequest, requeue
+
+    stop = StopRequest()
     fixed = None
     window_t, window_clips = time.perf_counter(), 0
     try:
@@ -191,8 +194,16 @@ def main(argv: list[str] | None = None) -> int:
                 window_t, window_clips = now, 0
             if cfg.recon_every and (state.step % cfg.recon_every == 0 or state.step == 1):
                 fixed = log_reconstruction(engine, cfg, d, log, state.step, fixed, dataset, device, dtype)
-            if state.step % cfg.save_every == 0 or state.step == d.total_steps:
+            saved = state.step % cfg.save_every == 0 or state.step == d.total_steps
+            if saved:
                 save()
+            if state.step < d.total_steps and stop.should_stop(device):
+                log.info(f"received {stop.name}: checkpointing at step {state.step}")
+                if not saved:
+                    save()
+                if info.is_main:
+                    log.info(requeue())
+                return 0
     except eng.NonFiniteLoss as err:
         log.info(f"stopping: {err}")
         return 1

@@ -166,3 +166,27 @@ def test_bad_input_is_one_line_and_exit_2(demo_dir, tmp_path, flags, message):
     lines = [ln for ln in out.stderr.splitlines() if "error" in ln]
     assert len(lines) == 1 and message in lines[0], out.stderr[-2000:]
     assert "Traceback" not in out.stderr
+
+
+def test_sigusr1_checkpoints_at_the_next_step_and_the_run_continues_from_it(demo_dir, tmp_path):
+    run = tmp_path / "run"
+    args = ["pretrain/run.py", *TINY, "--max-steps", "400", "--save-every", "1000", "--recon-every", "0",
+            "--output-dir", str(run)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TIMEMAE_DEMO_DIR": str(demo_dir)}
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (run / "log.jsonl").exists() or not (run / "log.jsonl").read_text().strip():
+        assert proc.poll() is None and time.time() < deadline, "the run ended before logging a step"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert "received SIGUSR1: checkpointing at step" in out and "not a SLURM job: not requeued" in out
+    stopped = max(read_log(run))
+    assert stopped < 400
+    assert (run / "checkpoints" / f"step_{stopped:08d}" / "COMPLETE").is_file()
+    more = run_script([*args[:-4], "--max-steps", str(stopped + 2), "--output-dir", str(run)], demo=demo_dir)
+    check_ok(more)
+    assert f"resumed at step {stopped}" in more.stdout
+    assert max(read_log(run)) == stopped + 2
