@@ -72,7 +72,14 @@ def detect(env: dict | None = None) -> DistInfo:
         port = int(env.get("MASTER_PORT") or 20000 + job % 20000)
         return DistInfo("slurm", int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)),
                         int(env.get("SLURM_NTASKS", 1)), master, port)
-    return DistInfo("python", 0, 0, 1, "127.0.0.1", int(env.get("MASTER_PORT", 29500)))
+    # One process: any free port, so that several single-process runs on one machine do not collide.
+    return DistInfo("python", 0, 0, 1, "127.0.0.1", int(env.get("MASTER_PORT") or _free_port()))
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def device_for(info: DistInfo) -> torch.device:

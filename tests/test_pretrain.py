@@ -177,7 +177,9 @@ def test_sigusr1_checkpoints_at_the_next_step_and_the_run_continues_from_it(demo
                             stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
     while not (run / "log.jsonl").exists() or not (run / "log.jsonl").read_text().strip():
-        assert proc.poll() is None and time.time() < deadline, "the run ended before logging a step"
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"the run ended before logging a step:\n{proc.communicate()[0][-3000:]}")
         time.sleep(0.05)
     proc.send_signal(signal.SIGUSR1)
     out, _ = proc.communicate(timeout=300)
