@@ -32,6 +32,7 @@ import logging
 import multiprocessing
 import os
 import tarfile
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -163,6 +164,66 @@ def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[i
 def _scalar_meta(meta: dict[str, Any]) -> dict[str, Any]:
     # default_collate turns a list of dicts into a dict of lists/tensors and fails on None or nested values
     return {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool))}
+
+
+def decode_clips(
+    data: bytes,
+    ext: str,
+    spec: ClipSpec,
+    rng: np.random.Generator,
+    *,
+    modality: str = "rgb",
+    samples_per_decode: int = 1,
+    timeout_s: float | None = DEFAULT_DECODE_TIMEOUT_S,
+    what: str = "sample",
+    timings: dict[str, float] | None = None,
+) -> list[torch.Tensor]:
+    """The hot path of `ShardDataset`: K clips out of one encoded video, decoded once.
+
+    K index lists are drawn independently, their sorted union is decoded in one ``get_batch`` (open and decode run
+    under ``timeout_s``), and each clip is built from its own frames with its own augmentation.
+
+    Args:
+        data: the video bytes.
+        ext: what the bytes are ("mp4", "avi", "bin", ...), as ``kind`` of `data.decode.open_video`.
+        spec: the clip to build; videos decode at ``spec.decode_short_side()``.
+        rng: randomness of the sampling (through a generator drawn from it) and of the augmentation.
+        modality: ``decode_modality`` of the sample.
+        samples_per_decode: K.
+        timeout_s: limit for opening and decoding; None = none.
+        what: names the sample in a timeout message.
+        timings: when given, ``timings["decode"]`` grows by the process CPU seconds spent opening, decoding and
+            closing the video (for `data.bench`).
+
+    Returns:
+        K clips, (3, T*, H*, W*) float32 each.
+
+    Raises:
+        DecodeError: the bytes do not decode, or not in time.
+    """
+    # The decode may be abandoned on timeout and go on in the background: give it its own generator.
+    sub = np.random.default_rng(int(rng.integers(2**63)))
+
+    def work() -> tuple[list[np.ndarray], np.ndarray]:
+        start = time.process_time()
+        try:
+            with decode.open_video(data, modality=modality, kind=ext, short_side=spec.decode_short_side()) as video:
+                opened = time.process_time()
+                draws = [sample_indices(video.num_frames, spec, sub) for _ in range(samples_per_decode)]
+                union, positions = union_indices(draws)
+                sampled = time.process_time()
+                frames = video.get_batch(union)
+        except DecodeError:
+            raise
+        except Exception as err:  # noqa: BLE001 -- decoder libraries raise many types for bad bytes
+            raise DecodeError(f"{type(err).__name__}: {err}") from err
+        if timings is not None:
+            timings["decode"] = timings.get("decode", 0.0) + time.process_time() - start - (sampled - opened)
+        return positions, frames
+
+    positions, frames = decode.decode_with_timeout(work, timeout_s, what=what)
+    # With one draw of distinct frames the union is that draw: no copy.
+    return [make_clip(frames if len(pos) == len(frames) else frames[pos], spec, rng) for pos in positions]
 
 
 class ShardDataset(IterableDataset):
@@ -311,27 +372,18 @@ class ShardDataset(IterableDataset):
             raise DecodeError(f"no video member (have {sorted(k for k in sample if not k.startswith('__'))})")
         ext = exts[0]
         modality = str(meta.get("decode_modality", meta.get("modality", "rgb")))
-        # The decode may be abandoned on timeout and go on in the background: give it its own generator.
-        sub = np.random.default_rng(int(rng.integers(2**63)))
-
-        def work() -> tuple[list[np.ndarray], np.ndarray]:
-            try:
-                with decode.open_video(
-                    sample[ext], modality=modality, kind=ext, short_side=self.spec.decode_short_side()
-                ) as video:
-                    draws = [sample_indices(video.num_frames, self.spec, sub) for _ in range(self.samples_per_decode)]
-                    union, positions = union_indices(draws)
-                    return positions, video.get_batch(union)
-            except DecodeError:
-                raise
-            except Exception as err:  # noqa: BLE001 -- decoder libraries raise many types for bad bytes
-                raise DecodeError(f"{type(err).__name__}: {err}") from err
-
-        positions, frames = decode.decode_with_timeout(work, self.decode_timeout_s, what=sample["__key__"])
+        clips = decode_clips(
+            sample[ext],
+            ext,
+            self.spec,
+            rng,
+            modality=modality,
+            samples_per_decode=self.samples_per_decode,
+            timeout_s=self.decode_timeout_s,
+            what=sample["__key__"],
+        )
         meta = {**_scalar_meta(meta), "key": sample["__key__"], "shard": os.path.basename(sample["__shard__"])}
-        return [
-            {"clip": make_clip(frames[pos], self.spec, rng), "label": label, "meta": dict(meta)} for pos in positions
-        ]
+        return [{"clip": clip, "label": label, "meta": dict(meta)} for clip in clips]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import data.decode  # noqa: F401 - imports decord the safe way (see data.decode._import_decord) before any test does
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/videos.py and friends
 

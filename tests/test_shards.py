@@ -17,7 +17,15 @@ import pytest
 from data import decode
 from data.errors import UserError
 from data.manifest import Record, read_manifest, write_manifest
-from data.shards import check_records, parse_shard_size, sample_key, write_shards
+from data.shards import (
+    DEFAULT_GOP,
+    auto_short_side,
+    check_records,
+    parse_shard_size,
+    parse_short_side,
+    sample_key,
+    write_shards,
+)
 from data.stream import iter_tar
 from launch import cli
 from tests.videos import index_depth, read_index, write_depth_pngs, write_index_frames, write_index_video, write_msr_bin
@@ -142,6 +150,47 @@ def test_reencode_keeps_frames_and_sets_short_side_and_gop(tmp_path):
     assert keys == list(range(0, 40, 4))
 
 
+def test_default_gop_is_all_intra_and_decodes_packet_by_packet(tmp_path):
+    path = write_index_video(tmp_path / "v.mp4", 40, width=64, height=48)
+    index = write_shards([Record(path, 0)], tmp_path / "out", short_side=48, progress=False)
+    assert DEFAULT_GOP == 1 and index["gop"] == 1
+    (sample,) = _samples(tmp_path / "out")
+    with av.open(io.BytesIO(sample["mp4"])) as container:
+        packets = [p for p in container.demux(video=0) if p.size]
+        assert len(packets) == 40 and all(p.is_keyframe for p in packets)
+    wanted = [39, 0, 17, 17, 5, 38, 1]
+    with decode.open_video(sample["mp4"], kind="mp4") as video:
+        assert video.backend == "pyav-intra" and (video.width, video.height) == (64, 48)
+        assert [read_index(f) for f in video.get_batch(wanted)] == wanted
+        assert [read_index(f) for f in video.get_batch(range(40))] == list(range(40))
+    with decode.open_video(sample["mp4"], kind="mp4", short_side=24) as video:  # resized while converting to RGB
+        assert video.backend == "pyav-intra" and video.get_batch([3, 20]).shape == (2, 24, 32, 3)
+        assert [read_index(f) for f in video.get_batch([3, 20])] == [3, 20]
+    with decode.open_video(sample["mp4"], kind="mp4", backend="decord") as video:  # an explicit backend is kept
+        assert video.backend == "decord" and [read_index(f) for f in video.get_batch(wanted)] == wanted
+
+
+def test_intra_reader_falls_back_to_pyav_when_a_frame_does_not_decode(tmp_path, monkeypatch):
+    path = write_index_video(tmp_path / "v.mp4", 20, width=64, height=48)
+    write_shards([Record(path, 0)], tmp_path / "out", short_side=48, progress=False)
+    (sample,) = _samples(tmp_path / "out")
+    monkeypatch.setattr(decode._IntraReader, "_put", lambda self, frame, slot, out: 0)  # no frame comes out
+    with decode.open_video(sample["mp4"], kind="mp4") as video:
+        assert video.backend == "pyav-intra"
+        assert [read_index(f) for f in video.get_batch([19, 2])] == [19, 2]
+        assert video.backend == "pyav"
+
+
+def test_short_side_auto_keep_and_sizes():
+    assert [auto_short_side(n) for n in (1, 2, 3, 4)] == [224, 128, 96, 64]
+    assert auto_short_side(2, 160) == 96
+    assert parse_short_side("auto") == 128 and parse_short_side("AUTO", grid_n=4) == 64
+    assert parse_short_side("keep") is None and parse_short_side("96") == 96
+    for bad in ("", "0", "1", "-5", "big", "12.5"):
+        with pytest.raises(UserError, match="--short-side"):
+            parse_short_side(bad)
+
+
 def test_shard_size_by_count_and_by_bytes(inputs, tmp_path):
     good = [r for i, r in enumerate(inputs) if i in (0, 2, 3)]
     by_count = write_shards(good, tmp_path / "n", shard_samples=1, progress=False)
@@ -184,7 +233,20 @@ def test_commands(inputs, tmp_path, capsys):
     assert "good: 5  bad: 2" in out and "corrupt.mp4" in out
     assert cli.main(["shards", "--manifest", manifest, "--out", str(tmp_path / "s"), "--shard-size", "3"]) == 0
     assert "quarantined 2" in capsys.readouterr().out
-    assert _index(tmp_path / "s")["shard_samples"] == [3, 2]
+    index = _index(tmp_path / "s")
+    assert index["shard_samples"] == [3, 2]
+    # Default --short-side auto: re-encoded for N = 2 at 224 (128 px, never upscaled), all intra.
+    assert (index["short_side"], index["gop"]) == (128, 1)
+    assert {json.loads(s["json"])["stored"] for s in _samples(tmp_path / "s")} == {"h264"}
+    keep = ["--short-side", "keep", "--no-progress"]
+    assert cli.main(["shards", "--manifest", manifest, "--out", str(tmp_path / "k"), *keep]) == 0
+    assert _index(tmp_path / "k")["short_side"] is None
+    assert json.loads(_samples(tmp_path / "k")[0]["json"])["stored"] == "original"
+    auto4 = ["--grid-n", "4", "--input-size", "160", "--gop", "8", "--no-progress"]
+    assert cli.main(["shards", "--manifest", manifest, "--out", str(tmp_path / "n4"), *auto4]) == 0
+    assert (_index(tmp_path / "n4")["short_side"], _index(tmp_path / "n4")["gop"]) == (64, 8)
+    assert cli.main(["shards", "--manifest", manifest, "--out", str(tmp_path / "x"), "--short-side", "tiny"]) == 2
+    assert "--short-side 'tiny'" in capsys.readouterr().err
     preset = ["--preset", "generic", "--root", manifest, "--partition", "train"]
     assert cli.main(["shards", *preset, "--out", str(tmp_path / "p"), "--no-progress"]) == 0
     assert _index(tmp_path / "p")["num_samples"] == 1  # the one row with split "train"
