@@ -1,0 +1,381 @@
+"""``timemae bench-step``: time and peak memory of one pretraining step, SDPA vs. explicit softmax attention.
+
+A step is what the training loop does per batch apart from the optimizer: draw a tube mask, forward the real
+`VideoMAEPretrain`, the norm-pix `reconstruction_loss`, backward (gradients set to None before each step, so every
+step allocates them as training does). Inputs are random clips of the configured geometry.
+
+* CPU: float32. CUDA: bf16 autocast (the training precision), with a device sync around each step.
+* Time: ``--warmup`` untimed then ``--repeats`` timed steps per configuration, the whole sweep run ``--rounds``
+  times one after another; s/step is the median of the timed steps, min s the fastest. Other processes on the
+  machine stretch wall-clock steps: every step time and the load average are printed, and the speed-up of SDPA
+  over explicit softmax is given on the medians and on the fastest steps.
+* Memory: the peak during the steps (warm-up included), absolute and as the increase over what was resident just
+  before them (model, input). CUDA: ``torch.cuda.max_memory_allocated`` (tensors only, not the allocator's cache).
+  CPU: the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs`` before the steps), which
+  counts everything resident, including freed memory the C allocator keeps. That is only meaningful in a process
+  that has run nothing else, so each configuration runs in a freshly spawned process; ``--in-process`` skips that
+  (faster) and then reports no CPU memory.
+
+Example: ``timemae bench-step --model vit_base --mask-ratio 0.9 0.75 --batch-size 1 2 --threads 2``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import multiprocessing
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, replace
+
+import torch
+
+from data.errors import UserError
+from models.registry import MODELS, build_pretrain, get_size
+from models.videomae import ATTN_IMPLS
+from pretrain.loss import reconstruction_loss
+from pretrain.masking import tube_mask, validate_mask_ratio
+
+MIB = 2**20
+
+
+@dataclass(frozen=True)
+class StepConfig:
+    """One benchmarked configuration (plain data, so it crosses to a spawned process)."""
+
+    model: str
+    mask_ratio: float
+    batch_size: int
+    attn_impl: str
+    checkpointing: bool
+    num_frames: int = 16
+    input_size: int = 224
+    threads: int = 1
+    warmup: int = 1
+    repeats: int = 3
+    device: str = "cpu"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """Measurements of one `StepConfig`; memory in bytes, None where not measured."""
+
+    config: StepConfig
+    seconds: tuple[float, ...]
+    peak_bytes: int | None
+    step_bytes: int | None
+    sdpa_backend: str
+    visible_tokens: int
+    decoded_tokens: int
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Memory probes
+
+
+def _proc_status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak(device: torch.device, fresh_process: bool) -> int | None:
+    """Reset the peak-memory counter; returns the bytes in use now, or None where the peak cannot be measured."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        return torch.cuda.memory_allocated(device)
+    if not fresh_process:
+        return None
+    try:
+        # "5" resets the peak resident set size (VmHWM) to the current one (Linux >= 4.0, proc(5)).
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _proc_status_kib("VmRSS") * 1024
+    except OSError:
+        return None
+
+
+def _peak(device: torch.device) -> int:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+    return _proc_status_kib("VmHWM") * 1024
+
+
+def _sdpa_backend(q: torch.Tensor, scale: float) -> str:
+    """Which fused kernel ``scaled_dot_product_attention`` picks for ``q = k = v`` (dispatcher's own choice)."""
+    try:
+        from torch.nn.attention import SDPBackend
+
+        return SDPBackend(torch._fused_sdp_choice(q, q, q, None, 0.0, False, scale=scale)).name.lower()
+    except (AttributeError, ImportError, RuntimeError, TypeError, ValueError):
+        return "unknown"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# One configuration
+
+
+def measure(cfg: StepConfig, fresh_process: bool = False) -> StepResult:
+    """Build the model for ``cfg`` and time ``cfg.warmup + cfg.repeats`` pretraining steps.
+
+    Args:
+        cfg: the configuration.
+        fresh_process: this process has run nothing else (CPU memory is measured only then).
+    """
+    torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = build_pretrain(
+        cfg.model,
+        img_size=cfg.input_size,
+        num_frames=cfg.num_frames,
+        attn_impl=cfg.attn_impl,
+        use_checkpoint=cfg.checkpointing,
+    ).to(device)
+    model.train()
+    grid = model.token_grid
+    x = torch.randn(cfg.batch_size, 3, cfg.num_frames, cfg.input_size, cfg.input_size, device=device)
+    generator = torch.Generator().manual_seed(cfg.seed)  # masks are drawn on the CPU, as in the loader
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+    masked = validate_mask_ratio(cfg.mask_ratio, grid) * grid[0]
+    visible = model.num_tokens - masked
+    attn = model.encoder.blocks[0].attn
+    head_dim = model.num_features // attn.num_heads
+    q = torch.randn(cfg.batch_size, attn.num_heads, visible, head_dim, device=device)
+    backend = _sdpa_backend(q.bfloat16() if device.type == "cuda" else q, attn.scale) if cfg.attn_impl == "sdpa" else ""
+    del q
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        mask = tube_mask(cfg.batch_size, grid, cfg.mask_ratio, generator)
+        with autocast:
+            pred = model(x, mask)
+        loss = reconstruction_loss(pred, x, mask, patch_size=model.patch_size, tubelet_size=model.tubelet_size)
+        loss.backward()
+
+    base = _reset_peak(device, fresh_process)
+    seconds = []
+    for i in range(cfg.warmup + cfg.repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= cfg.warmup:
+            seconds.append(time.perf_counter() - start)
+    peak = None if base is None else _peak(device)
+    return StepResult(
+        config=cfg,
+        seconds=tuple(seconds),
+        peak_bytes=peak,
+        step_bytes=None if peak is None else peak - base,
+        sdpa_backend=backend,
+        visible_tokens=visible,
+        decoded_tokens=masked,
+    )
+
+
+def _measure_fresh(cfg_dict: dict) -> dict:
+    """Spawned-process entry: plain dicts in and out."""
+    return asdict(measure(StepConfig(**cfg_dict), fresh_process=True))
+
+
+def _run_fresh(cfg: StepConfig) -> StepResult:
+    ctx = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        out = pool.submit(_measure_fresh, asdict(cfg)).result()
+    return StepResult(**{**out, "config": StepConfig(**out["config"]), "seconds": tuple(out["seconds"])})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Command
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / MIB:.0f}"
+
+
+def format_table(results: list[StepResult]) -> str:
+    """The per-configuration table and the SDPA-over-explicit speed-ups (explicit s/step divided by SDPA s/step)."""
+    head = f"{'model':<10} {'mask':>5} {'batch':>5} {'attention':<9} {'ckpt':<4} {'s/step':>8} {'min s':>7} "
+    head += f"{'clips/s':>8} {'peak MiB':>9} {'+step MiB':>9}"
+    rows = [head, "-" * len(head)]
+    for r in results:
+        c = r.config
+        ckpt = "on" if c.checkpointing else "off"
+        rows.append(
+            f"{c.model:<10} {c.mask_ratio:>5.2f} {c.batch_size:>5d} {c.attn_impl:<9} {ckpt:<4} "
+            f"{r.median:>8.3f} {min(r.seconds):>7.3f} {c.batch_size / r.median:>8.2f} {_mib(r.peak_bytes):>9} "
+            f"{_mib(r.step_bytes):>9}"
+        )
+    by_key = {
+        (r.config.mask_ratio, r.config.batch_size, r.config.checkpointing, r.config.attn_impl): r for r in results
+    }
+    pairs = []
+    for (mask, batch, ckpt, impl), r in by_key.items():
+        other = by_key.get((mask, batch, ckpt, "eager"))
+        if impl == "sdpa" and other is not None:
+            speedup = other.median / r.median
+            fastest = min(other.seconds) / min(r.seconds)
+            mem = ""
+            if r.step_bytes is not None and other.step_bytes is not None:
+                mem = f"; +step memory {_mib(r.step_bytes)} vs {_mib(other.step_bytes)} MiB"
+            pairs.append(
+                f"{mask:>5.2f} {batch:>5d} {'on' if ckpt else 'off':<4} {speedup:>7.2f}x "
+                f"({(speedup - 1) * 100:+.0f}% clips/s; fastest steps {fastest:.2f}x){mem}"
+            )
+    if pairs:
+        rows += [
+            "",
+            "SDPA over explicit softmax (explicit s/step / SDPA s/step, medians):",
+            " mask batch ckpt speed-up",
+        ]
+        rows += pairs
+    return "\n".join(rows)
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="vit_base", choices=list(MODELS), help="model size (default vit_base)")
+    parser.add_argument("--mask-ratio", type=float, nargs="+", default=[0.9], help="tube mask ratios (default 0.9)")
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[1], help="clips per step (default 1)")
+    parser.add_argument("--num-frames", type=int, default=16, help="frames per clip T (default 16)")
+    parser.add_argument("--input-size", type=int, default=224, help="clip height = width (default 224)")
+    parser.add_argument(
+        "--attention",
+        nargs="+",
+        choices=ATTN_IMPLS,
+        default=list(ATTN_IMPLS),
+        help="attention paths: sdpa (fused scaled_dot_product_attention), eager (explicit softmax)",
+    )
+    parser.add_argument(
+        "--checkpointing",
+        nargs="+",
+        choices=["off", "on"],
+        default=["off", "on"],
+        help="gradient checkpointing of every block (default: both)",
+    )
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per configuration (median; default 3)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
+    parser.add_argument("--rounds", type=int, default=1, help="sweeps over all configurations, pooled (default 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of weights, input and masks")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every configuration in this process (faster; CPU memory is then not reported)",
+    )
+
+
+def _configs(args: argparse.Namespace) -> list[StepConfig]:
+    get_size(args.model)
+    if args.device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        device = args.device
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError(f"--device {device} but torch sees no CUDA device; use --device cpu")
+    if args.input_size % 16 or args.num_frames % 2 or args.input_size <= 0 or args.num_frames <= 0:
+        raise UserError(
+            f"--num-frames {args.num_frames} --input-size {args.input_size} do not tile into 2 x 16 x 16 tubelets; "
+            "use an even frame count and a multiple of 16"
+        )
+    checks = [("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0), ("--threads", args.threads or 1, 1),
+              ("--rounds", args.rounds, 1)]  # fmt: skip
+    for name, value, low in checks + [("--batch-size", b, 1) for b in args.batch_size]:
+        if value < low:
+            raise UserError(f"{name} {value} is below {low}; raise it")
+    grid = (args.num_frames // 2, args.input_size // 16, args.input_size // 16)
+    for ratio in args.mask_ratio:
+        validate_mask_ratio(ratio, grid)
+    common = dict(
+        num_frames=args.num_frames, input_size=args.input_size, threads=args.threads or torch.get_num_threads(),
+        warmup=args.warmup, repeats=args.repeats, device=device, seed=args.seed,
+    )  # fmt: skip
+    return [
+        StepConfig(args.model, ratio, batch, impl, ckpt == "on", **common)
+        for ratio in args.mask_ratio
+        for batch in args.batch_size
+        for ckpt in args.checkpointing
+        for impl in args.attention
+    ]
+
+
+def _merge(results: list[StepResult]) -> StepResult:
+    """One result from several rounds of the same configuration: all step times, the largest peaks."""
+    peaks = [r.peak_bytes for r in results if r.peak_bytes is not None]
+    steps = [r.step_bytes for r in results if r.step_bytes is not None]
+    return replace(
+        results[0],
+        seconds=tuple(t for r in results for t in r.seconds),
+        peak_bytes=max(peaks) if peaks else None,
+        step_bytes=max(steps) if steps else None,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    configs = _configs(args)
+    first = configs[0]
+    device = torch.device(first.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    precision = "bf16 autocast" if device.type == "cuda" else "float32"
+    if device.type == "cuda":
+        memory = "torch.cuda.max_memory_allocated (tensors)"
+    elif args.in_process:
+        memory = "not measured on CPU with --in-process"
+    else:
+        memory = "peak resident set (VmHWM) of a fresh process per configuration"
+    print(
+        f"timemae bench-step: torch {torch.__version__}, {first.device} ({where}), {first.threads} threads, {precision}"
+    )
+    print(
+        f"clip 3 x {first.num_frames} x {first.input_size} x {first.input_size}; step = tube mask + forward + "
+        f"norm-pix loss + backward (no optimizer); {args.rounds} round(s) of {first.warmup} warm-up + "
+        f"{first.repeats} timed steps per configuration, s/step = median over the timed steps"
+    )
+    print(f"memory: {memory}; peak = during the steps, +step = peak minus what was resident before them")
+    # Other processes on the machine stretch wall-clock steps: the load average and the min/max show how much.
+    print(f"load average (1 min) at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    rounds: dict[StepConfig, list[StepResult]] = {cfg: [] for cfg in configs}
+    for i in range(args.rounds):
+        # Whole sweeps one after another, so a busy spell on the machine spreads over every configuration.
+        for cfg in configs:
+            result = measure(cfg) if args.in_process else _run_fresh(cfg)
+            rounds[cfg].append(result)
+            kernel = f"SDPA kernel {result.sdpa_backend}" if cfg.attn_impl == "sdpa" else "explicit softmax"
+            print(
+                f"  round {i + 1}: {cfg.attn_impl:<5} ckpt {'on ' if cfg.checkpointing else 'off'} mask "
+                f"{cfg.mask_ratio:.2f} batch {cfg.batch_size}: "
+                + " ".join(f"{t:.3f}" for t in result.seconds)
+                + f" s ({result.visible_tokens} encoder tokens, {result.decoded_tokens} decoded per clip; {kernel}; "
+                f"load {os.getloadavg()[0]:.2f})",
+                flush=True,
+            )
+    print()
+    print(format_table([_merge(r) for r in rounds.values()]))
+    return 0
+
+
+CLI = {"bench-step": (add_arguments, run)}
