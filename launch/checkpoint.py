@@ -20,12 +20,12 @@ import os
 import pickle
 import random
 import shutil
-from typing import Any
 
 import numpy as np
 import torch
 
 from data.errors import UserError
+from models.checkpoint import atomic_save
 
 PREFIX = "step_"
 
@@ -37,19 +37,6 @@ def atomic_write_text(path: str, text: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def atomic_torch_save(obj: Any, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def rng_state() -> dict:
@@ -99,7 +86,7 @@ class CheckpointManager:
             shutil.rmtree(folder)  # leftovers of an interrupted save of the same step
         _barrier()
         engine.save_checkpoint(self.root, tag=tag, client_state=client_state, save_latest=False)
-        atomic_torch_save(rng_state(), os.path.join(folder, f"rng_rank{self.rank}.pt"))
+        atomic_save(rng_state(), os.path.join(folder, f"rng_rank{self.rank}.pt"))
         _barrier()
         if self.rank == 0:
             atomic_write_text(os.path.join(folder, "COMPLETE"), json.dumps({"step": step, **info}) + "\n")
