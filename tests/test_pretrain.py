@@ -192,3 +192,15 @@ def test_sigusr1_checkpoints_at_the_next_step_and_the_run_continues_from_it(demo
     check_ok(more)
     assert f"resumed at step {stopped}" in more.stdout
     assert max(read_log(run)) == stopped + 2
+
+
+def test_non_finite_loss_skips_then_stops_naming_the_last_good_checkpoint(demo_dir, tmp_path):
+    # lr 1e30: the first update throws the weights far out of range, every later loss is inf/nan.
+    run = tmp_path / "run"
+    out = run_script(["pretrain/run.py", *TINY, "--max-steps", "50", "--save-every", "1", "--recon-every", "0",
+                      "--base-lr", "1e32", "--warmup-epochs", "0", "--max-bad-steps", "3", "--output-dir", str(run)],
+                     demo=demo_dir)
+    assert out.returncode == 1, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "3 micro-batches in a row gave a non-finite loss" in out.stdout
+    assert f"last good checkpoint: {run / 'checkpoints'}" in out.stdout
+    assert "Traceback" not in out.stderr
