@@ -204,3 +204,15 @@ def test_non_finite_loss_skips_then_stops_naming_the_last_good_checkpoint(demo_d
     assert "3 micro-batches in a row gave a non-finite loss" in out.stdout
     assert f"last good checkpoint: {run / 'checkpoints'}" in out.stdout
     assert "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_two_ranks_with_torchrun(demo_dir, tmp_path):
+    run = tmp_path / "run"
+    torchrun = [str(Path(sys.executable).parent / "torchrun"), "--nproc-per-node", "2", "--master-port",
+                str(30500 + os.getpid() % 1000)]
+    out = run_script(["pretrain/run.py", *TINY, "--max-steps", "2", "--save-every", "2", "--recon-every", "0",
+                      "--output-dir", str(run)], demo=demo_dir, launcher=torchrun)
+    check_ok(out)
+    assert "launcher: torchrun, world size 2" in out.stdout
+    assert sorted(read_log(run)) == [1, 2] and (run / "checkpoints" / "step_00000002" / "COMPLETE").is_file()
