@@ -57,7 +57,7 @@ def test_bad_arguments(argv, message):
     import torch
 
     if argv[0] == "--device" and torch.cuda.is_available():
-        pytest.skip("a CUDA device exists")
+        pytest.skip(reason="a CUDA device exists")
     _, run = CLI["bench-step"]
     with pytest.raises(UserError, match=message):
         run(_args(*TINY, *argv))
