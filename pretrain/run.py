@@ -221,10 +221,9 @@ def export_encoder(engine, cfg: PretrainConfig, info: distributed.DistInfo) -> N
         state = engine._zero3_consolidated_16bit_state_dict()  # collective: every rank takes part
     else:
         state = engine.module.state_dict() if info.is_main else None
-    if info.is_main:
-        model = build_model(cfg)
-        model.load_state_dict({k: v.float() for k, v in state.items()})
-        save_encoder(model, os.path.join(cfg.output_dir, "encoder.pth"), config_lib.to_dict(cfg))
+    if info.is_main:  # fp32 on the CPU, like the released files, whatever the training precision
+        state = {k: v.detach().float().cpu() for k, v in state.items()}
+        save_encoder(state, os.path.join(cfg.output_dir, "encoder.pth"), config_lib.to_dict(cfg))
 
 
 def fixed_clip(dataset, device: torch.device) -> torch.Tensor:
