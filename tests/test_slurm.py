@@ -34,9 +34,8 @@ def cluster(command: str) -> subprocess.CompletedProcess:
 def slurm_env(demo_dir) -> dict:
     """Environment for sbatch & co. (SLURM_CONF, the demo data) while the test cluster is up."""
     if os.geteuid() != 0:
-        pytest.skip(
-            reason="the SLURM tests install slurm-wlm and munge (apt-get) and run the daemons as root; not root here"
-        )
+        why = "the SLURM tests install slurm-wlm and munge (apt-get) and run the daemons as root; not root here"
+        pytest.skip(reason=why)
     up = cluster("up")
     assert up.returncode == 0, up.stdout + up.stderr
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "TIMEMAE_"))}
