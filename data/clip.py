@@ -3,8 +3,9 @@
     video (T frames) --sample_indices--> L = T* x N^2 indices --decode--> (L, H, W, 3) uint8
       --crop/flip/rotate at source resolution (same parameters for the whole clip)
       --resize every frame into one cell (ceil(H*/N) x ceil(W*/N))
-      --TIME grid (spatial or temporal arrangement) -> (T*, 3, N ceil(H*/N), N ceil(W*/N))
-      --resize to H* x W* if N does not divide it --normalise--> (3, T*, H*, W*) float32
+      --TIME grid (spatial or temporal arrangement) -> (T*, N ceil(H*/N), N ceil(W*/N), 3)
+      --resize to H* x W* if N does not divide it--> (T*, H*, W*, 3) uint8          `make_frames` (data loaders)
+      --normalise (on the training device)--> (3, T*, H*, W*) float                 `normalize_clip`
 
 All randomness comes in through the ``rng`` argument; `ClipSpec` holds no state.
 """
@@ -43,6 +44,7 @@ class ClipSpec:
         flip: random horizontal flip with p = 0.5 (off by default: some datasets have left/right classes).
         rotation: maximum random rotation in degrees (0 = off).
         mean, std: normalisation statistics (ImageNet by default; also used for depth, see the TIME spec).
+        view: ``(k, K)``: in evaluation, temporal clip k of K per video (multi-clip testing); ignored in training.
     """
 
     num_frames: int = 16
@@ -59,6 +61,7 @@ class ClipSpec:
     rotation: float = 0.0
     mean: tuple[float, float, float] = transforms.IMAGENET_MEAN
     std: tuple[float, float, float] = transforms.IMAGENET_STD
+    view: tuple[int, int] = (0, 1)
 
     def __post_init__(self) -> None:
         if isinstance(self.input_size, Sequence):
@@ -87,6 +90,8 @@ class ClipSpec:
             raise UserError(f"crop {self.crop!r} is unknown; use one of {CROPS}")
         if not self.scales or not all(0 < s <= 1 for s in self.scales):
             raise UserError(f"crop scales {self.scales} must lie in (0, 1]")
+        if len(self.view) != 2 or not 0 <= self.view[0] < self.view[1]:
+            raise UserError(f"evaluation view {self.view} must be (k, K) with 0 <= k < K; use e.g. --test-clips 5")
 
     @property
     def size(self) -> tuple[int, int]:
@@ -123,9 +128,9 @@ def sample_indices(num_video_frames: int, spec: ClipSpec, rng: np.random.Generat
     """Sorted source-frame indices for one clip: (L,) int64 (see `data.sampling`)."""
     if spec.sampling == "stride":
         return sampling.stride_indices(
-            num_video_frames, spec.num_frames, spec.sampling_rate, train=spec.train, rng=rng
+            num_video_frames, spec.num_frames, spec.sampling_rate, train=spec.train, rng=rng, view=spec.view
         )
-    return sampling.segment_indices(num_video_frames, spec.num_source_frames, train=spec.train, rng=rng)
+    return sampling.segment_indices(num_video_frames, spec.num_source_frames, train=spec.train, rng=rng, view=spec.view)
 
 
 def _boxes(height: int, width: int, spec: ClipSpec, rng: np.random.Generator | None) -> list[transforms.Box]:
@@ -148,8 +153,13 @@ def to_frames_tensor(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
     return frames.permute(0, 3, 1, 2)
 
 
-def make_clip(frames: np.ndarray | torch.Tensor, spec: ClipSpec, rng: np.random.Generator | None) -> torch.Tensor:
-    """Build the model input from the decoded source frames of one clip.
+def make_frames(frames: np.ndarray | torch.Tensor, spec: ClipSpec, rng: np.random.Generator | None) -> torch.Tensor:
+    """Build the clip from the decoded source frames of one clip, as uint8 pixels (the data loaders' output).
+
+    Everything a clip needs except normalisation, which `normalize_clip` does after the batch reaches its device:
+    a uint8 clip is a quarter of the bytes of a float one to write, to hand from a loader worker to the trainer and
+    to copy to the GPU, and normalising there costs next to nothing. Channel-last layout throughout: the resize
+    writes channel-last pixels, and the TIME grid then moves whole cell rows (w x 3 bytes) instead of single bytes.
 
     Args:
         frames: (L, H, W, 3) uint8, the frames at `sample_indices` in order.
@@ -157,7 +167,7 @@ def make_clip(frames: np.ndarray | torch.Tensor, spec: ClipSpec, rng: np.random.
         rng: augmentation randomness (may be None when ``spec.train`` is False).
 
     Returns:
-        (3, T*, H*, W*) float32 normalised; for ``crop="three"``, (3 views, 3, T*, H*, W*).
+        (T*, H*, W*, 3) uint8; for ``crop="three"``, (3 views, T*, H*, W*, 3).
     """
     x = to_frames_tensor(frames)
     expected = spec.num_frames if spec.sampling == "stride" else spec.num_source_frames
@@ -172,38 +182,78 @@ def make_clip(frames: np.ndarray | torch.Tensor, spec: ClipSpec, rng: np.random.
         v = transforms.resize(transforms.crop(x, box), spec.cell)  # (L, 3, h, w), one cell per frame
         if flip:
             v = transforms.hflip(v)
-        if spec.sampling == "segment" and tuple(n * spec.grid_n for n in spec.cell) == spec.size:
-            g = _grid_channels_first(v, spec.grid_n, spec.num_frames, spec.arrangement)  # (3, T*, H*, W*) uint8
-            views.append(transforms.normalize(g.transpose(0, 1), spec.mean, spec.std).transpose(0, 1))
-            continue
-        v = time_grid.to_grid(v, spec.grid_n, spec.arrangement)  # (T*, 3, N h, N w)
-        v = transforms.resize(v, spec.size)  # only when N does not divide H* / W*
-        views.append(transforms.normalize(v, spec.mean, spec.std).permute(1, 0, 2, 3))  # (3, T*, H*, W*)
-    return views[0].contiguous() if spec.crop != "three" else torch.stack(views).contiguous()
+        g = _grid_channels_last(v.permute(0, 2, 3, 1), spec.grid_n, spec.num_frames, spec.arrangement)
+        if tuple(g.shape[1:3]) != spec.size:  # N does not divide H* / W*: one more resize of the whole grid
+            g = transforms.resize(g.permute(0, 3, 1, 2), spec.size).permute(0, 2, 3, 1)
+        views.append(g)  # (T*, H*, W*, 3)
+    return views[0].contiguous() if spec.crop != "three" else torch.stack(views)
 
 
-def _grid_channels_first(cells: torch.Tensor, grid_n: int, num_frames: int, arrangement: str) -> torch.Tensor:
-    """`time_grid.to_grid` written straight into channel-first order: (L, C, h, w) -> (C, T*, N h, N w) uint8.
+def _grid_channels_last(cells: torch.Tensor, grid_n: int, num_frames: int, arrangement: str) -> torch.Tensor:
+    """`time_grid.to_grid` on channel-last pixels: (L, h, w, C) -> (T*, N h, N w, C) uint8, one copy.
 
-    The clip leaves as (C, T*, H*, W*), so the channel-last pixels of the resized cells have to be split into planes
-    once; doing it in this one uint8 copy, instead of a float copy after normalising, moves a quarter of the bytes.
-    The copy goes through numpy, whose strided copy measured 1.7x faster than torch's for this pattern.
+    The innermost run of the copy is a whole cell row (w x C contiguous bytes); numpy's strided copy measured faster
+    than torch's for this pattern. N = 1 is a view.
     """
     n, t = grid_n, num_frames
-    _, c, h, w = cells.shape
-    out = torch.empty((c, t, n, h, n, w), dtype=cells.dtype)
+    _, h, w, c = cells.shape
+    if n == 1:
+        return cells
+    out = torch.empty((t, n, h, n, w, c), dtype=cells.dtype)
     if arrangement == "spatial":  # source frame (r N + c) T* + t, as time_grid._TO_GRID["spatial"]
-        src, dst = cells.reshape(n, n, t, c, h, w), out.permute(2, 4, 1, 0, 3, 5)
+        src, dst = cells.reshape(n, n, t, h, w, c), out.permute(1, 3, 0, 2, 4, 5)
     else:  # temporal: source frame t N^2 + r N + c
-        src, dst = cells.reshape(t, n, n, c, h, w), out.permute(1, 2, 4, 0, 3, 5)
+        src, dst = cells.reshape(t, n, n, h, w, c), out.permute(0, 1, 3, 2, 4, 5)
     np.copyto(dst.numpy(), src.numpy())
-    return out.view(c, t, n * h, n * w)
+    return out.view(t, n * h, n * w, c)
 
 
-def load_clip(video, spec: ClipSpec, rng: np.random.Generator | None) -> torch.Tensor:
-    """Sample, decode (one batch call) and build one clip from an opened `data.decode.Video`."""
+def normalize_clip(frames: torch.Tensor, mean=transforms.IMAGENET_MEAN, std=transforms.IMAGENET_STD,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 clips from `make_frames` -> the model's normalised input, on whatever device ``frames`` is on.
+
+    Args:
+        frames: (..., T, H, W, 3) uint8.
+        mean, std: per-channel statistics of pixels scaled to [0, 1].
+        dtype: output dtype.
+
+    Returns:
+        (..., 3, T, H, W) ``(x / 255 - mean) / std``, contiguous.
+    """
+    if frames.dtype != torch.uint8 or frames.ndim < 4 or frames.shape[-1] != len(mean):
+        raise ValueError(f"expected (..., T, H, W, {len(mean)}) uint8 clips, got {tuple(frames.shape)} {frames.dtype}")
+    # Move the channel axis in uint8 (a quarter of the bytes of a float copy), then one multiply-add per element.
+    x = frames.movedim(-1, -4).contiguous().to(dtype)
+    scale = torch.tensor([1.0 / (255.0 * s) for s in std], dtype=dtype, device=x.device).view(-1, 1, 1, 1)
+    shift = torch.tensor([-m / s for m, s in zip(mean, std, strict=True)], dtype=dtype, device=x.device)
+    return x.mul_(scale).add_(shift.view(-1, 1, 1, 1))
+
+
+def as_model_input(clips: torch.Tensor, mean=transforms.IMAGENET_MEAN, std=transforms.IMAGENET_STD,
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A batch from either loader output -> (B, 3, T, H, W) normalised: uint8 clips are normalised, float passes."""
+    if clips.dtype == torch.uint8:
+        return normalize_clip(clips, mean, std, dtype)
+    return clips.to(dtype)
+
+
+def make_clip(frames: np.ndarray | torch.Tensor, spec: ClipSpec, rng: np.random.Generator | None) -> torch.Tensor:
+    """`make_frames` + `normalize_clip`: the normalised float clip.
+
+    Returns:
+        (3, T*, H*, W*) float32 normalised; for ``crop="three"``, (3 views, 3, T*, H*, W*).
+    """
+    return normalize_clip(make_frames(frames, spec, rng), spec.mean, spec.std)
+
+
+def load_clip(video, spec: ClipSpec, rng: np.random.Generator | None, *, uint8: bool = False) -> torch.Tensor:
+    """Sample, decode (one batch call) and build one clip from an opened `data.decode.Video`.
+
+    Returns `make_clip`'s normalised float clip, or `make_frames`' uint8 clip when ``uint8``.
+    """
     idx = sample_indices(video.num_frames, spec, rng)
-    return make_clip(video.get_batch(idx), spec, rng)
+    frames = video.get_batch(idx)
+    return make_frames(frames, spec, rng) if uint8 else make_clip(frames, spec, rng)
 
 
 def clip_to_uint8_frames(clip: torch.Tensor, spec: ClipSpec) -> torch.Tensor:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from data.clip import ClipSpec, clip_to_uint8_frames, load_clip
+from data.clip import ClipSpec, load_clip
 from data.decode import open_video
 from data.errors import UserError
 
@@ -48,7 +48,7 @@ def write_preview(
     if not os.path.exists(video_path):
         raise UserError(f"--video {video_path} does not exist; give a video file or a frame folder")
     with open_video(video_path, modality=modality, short_side=spec.decode_short_side()) as video:
-        frames = clip_to_uint8_frames(load_clip(video, spec, rng=None), spec)  # (T*, H*, W*, 3)
+        frames = load_clip(video, spec, rng=None, uint8=True)  # (T*, H*, W*, 3)
     os.makedirs(out_dir, exist_ok=True)
     digits = max(2, len(str(num_frames - 1)))
     paths = []

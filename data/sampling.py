@@ -14,7 +14,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def segment_indices(num_frames: int, length: int, *, train: bool, rng: np.random.Generator | None = None) -> np.ndarray:
+def segment_indices(
+    num_frames: int, length: int, *, train: bool, rng: np.random.Generator | None = None, view: tuple[int, int] = (0, 1)
+) -> np.ndarray:
     """TIME / TSN segment sampling of ``length`` frames from a video of ``num_frames`` frames.
 
     Spec decisions (shared/specs/time-layer.md, "Source frames"):
@@ -22,12 +24,15 @@ def segment_indices(num_frames: int, length: int, *, train: bool, rng: np.random
       appears, in order, about L / T times;
     - otherwise split [0, T) into L equal segments ``[floor(i T / L), floor((i + 1) T / L))`` and take a uniformly
       random frame of each in training, the segment centre ``floor((i + 0.5) T / L)`` in evaluation.
+    - multi-clip evaluation, clip k of K: the frame at ``(k + 0.5) / K`` of every segment, i.e.
+      ``floor((i + (k + 0.5) / K) T / L)``; K = 1 is the segment centre.
 
     Args:
         num_frames: T, frames the video really has (>= 1).
         length: L, frames wanted (>= 1).
         train: random offsets (True) or segment centres (False).
         rng: source of randomness; required when ``train``.
+        view: ``(k, K)``, evaluation clip k of K (ignored in training).
 
     Returns:
         (L,) int64, sorted, values in [0, T).
@@ -38,7 +43,8 @@ def segment_indices(num_frames: int, length: int, *, train: bool, rng: np.random
     if num_frames < length:
         return (i * num_frames) // length
     if not train:
-        return ((2 * i + 1) * num_frames) // (2 * length)
+        k, num_views = view
+        return ((2 * num_views * i + 2 * k + 1) * num_frames) // (2 * num_views * length)
     if rng is None:
         raise ValueError("segment sampling in training needs a random generator")
     start = (i * num_frames) // length
@@ -47,9 +53,18 @@ def segment_indices(num_frames: int, length: int, *, train: bool, rng: np.random
 
 
 def stride_indices(
-    num_frames: int, length: int, stride: int, *, train: bool, rng: np.random.Generator | None = None
+    num_frames: int,
+    length: int,
+    stride: int,
+    *,
+    train: bool,
+    rng: np.random.Generator | None = None,
+    view: tuple[int, int] = (0, 1),
 ) -> np.ndarray:
     """Official VideoMAE sampling: ``length`` frames ``stride`` apart from a random (train) or centred (eval) start.
+
+    Evaluation clip k of K > 1 (``view``) starts at ``round(k * room / (K - 1))``, evenly from the first to the last
+    possible start, as the official multi-clip test does; K = 1 is the centred start.
 
     A video shorter than the span repeats its last frame, as the official loader does (it stops advancing the
     frame pointer at the end of the video).
@@ -65,6 +80,8 @@ def stride_indices(
         if rng is None:
             raise ValueError("stride sampling in training needs a random generator")
         start = int(rng.integers(0, room + 1))
+    elif view[1] > 1:
+        start = round(view[0] * room / (view[1] - 1))
     else:
         start = room // 2
     return np.minimum(start + np.arange(length, dtype=np.int64) * stride, num_frames - 1)

@@ -42,13 +42,14 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data import decode
-from data.clip import ClipSpec, make_clip, sample_indices
+from data.clip import ClipSpec, make_clip, make_frames, sample_indices
 from data.errors import DecodeError, UserError
 from data.sampling import union_indices
 
 log = logging.getLogger(__name__)
 
 MODES = ("exact", "resampled")
+OUTPUTS = ("float", "uint8")
 VIDEO_EXTS = ("mp4", "avi", "mkv", "webm", "mov", "m4v", "mpg", "mpeg", "bin")
 DEFAULT_SHUFFLE_BUFFER = 128
 DEFAULT_DECODE_TIMEOUT_S = 30.0
@@ -177,6 +178,7 @@ def decode_clips(
     timeout_s: float | None = DEFAULT_DECODE_TIMEOUT_S,
     what: str = "sample",
     timings: dict[str, float] | None = None,
+    output: str = "float",
 ) -> list[torch.Tensor]:
     """The hot path of `ShardDataset`: K clips out of one encoded video, decoded once.
 
@@ -194,9 +196,10 @@ def decode_clips(
         what: names the sample in a timeout message.
         timings: when given, ``timings["decode"]`` grows by the process CPU seconds spent opening, decoding and
             closing the video (for `data.bench`).
+        output: "float" (`data.clip.make_clip`) or "uint8" (`data.clip.make_frames`).
 
     Returns:
-        K clips, (3, T*, H*, W*) float32 each.
+        K clips, each (3, T*, H*, W*) float32 normalised, or (T*, H*, W*, 3) uint8.
 
     Raises:
         DecodeError: the bytes do not decode, or not in time.
@@ -222,15 +225,19 @@ def decode_clips(
         return positions, frames
 
     positions, frames = decode.decode_with_timeout(work, timeout_s, what=what)
+    build = make_frames if output == "uint8" else make_clip
     # With one draw of distinct frames the union is that draw: no copy.
-    return [make_clip(frames if len(pos) == len(frames) else frames[pos], spec, rng) for pos in positions]
+    return [build(frames if len(pos) == len(frames) else frames[pos], spec, rng) for pos in positions]
 
 
 class ShardDataset(IterableDataset):
     """Clips from webdataset shards: ``{"clip": (3, T*, H*, W*) float32, "label": int, "meta": dict}`` per sample.
 
     ``meta`` is the sample's JSON record (scalars only) plus ``key`` and ``shard``. For ``spec.crop == "three"``
-    the clip is (3 views, 3, T*, H*, W*).
+    the clip is (3 views, 3, T*, H*, W*). With ``output="uint8"`` the clip is the un-normalised uint8 pixels,
+    (T*, H*, W*, 3) (views first for three crops), for `data.clip.normalize_clip` on the training device: the
+    training scripts use it, as it takes a quarter of the bytes through the loader and most of the pixel work off
+    the loader's CPU (`timemae bench-loader`).
 
     Args:
         shards: shard folder, tar path, brace pattern, or a list of them (see `resolve_shards`).
@@ -243,6 +250,7 @@ class ShardDataset(IterableDataset):
         decode_timeout_s: per-sample decode limit; slower samples are skipped.
         max_consecutive_failures: a worker raises `UserError` after this many samples (or shards) in a row failed,
             instead of looping for ever over data that holds no readable video.
+        output: "float" (normalised clips) or "uint8" (pixels, normalised later by `data.clip.normalize_clip`).
     """
 
     def __init__(
@@ -258,8 +266,11 @@ class ShardDataset(IterableDataset):
         world_size: int | None = None,
         decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S,
         max_consecutive_failures: int = 100,
+        output: str = "float",
     ):
         super().__init__()
+        if output not in OUTPUTS:
+            raise ValueError(f"output {output!r} is unknown; use one of {OUTPUTS}")
         if mode not in MODES:
             raise UserError(f"stream mode {mode!r} is unknown; use one of {MODES}")
         if samples_per_decode < 1:
@@ -280,6 +291,7 @@ class ShardDataset(IterableDataset):
         self.rank, self.world_size = dist_info(rank, world_size)
         self.decode_timeout_s = decode_timeout_s
         self.max_consecutive_failures = max_consecutive_failures
+        self.output = output
         # Shared with the DataLoader workers (handed over when they start): the main process sees their counts, and
         # persistent workers see set_epoch.
         self._epoch = multiprocessing.Value("q", 0)
@@ -381,6 +393,7 @@ class ShardDataset(IterableDataset):
             samples_per_decode=self.samples_per_decode,
             timeout_s=self.decode_timeout_s,
             what=sample["__key__"],
+            output=self.output,
         )
         meta = {**_scalar_meta(meta), "key": sample["__key__"], "shard": os.path.basename(sample["__shard__"])}
         return [{"clip": clip, "label": label, "meta": dict(meta)} for clip in clips]

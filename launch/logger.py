@@ -34,8 +34,8 @@ class RunLogger:
         if self.enabled:
             print(message, flush=True)
 
-    def log_step(self, step: int, values: dict[str, Any], *, console: bool = True) -> None:
-        """One JSON line, tensorboard scalars under ``train/``, and a progress line on the console."""
+    def log_step(self, step: int, values: dict[str, Any], *, console: bool = True, prefix: str = "train") -> None:
+        """One JSON line, tensorboard scalars under ``{prefix}/`` (``train/``, ``eval/``), and a console line."""
         if not self.enabled:
             return
         record = {"step": step, **{k: _plain(v) for k, v in values.items()}}
@@ -44,7 +44,7 @@ class RunLogger:
         if self._tb is not None:
             for key, value in values.items():
                 if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-                    self._tb.add_scalar(f"train/{key}", value, step)
+                    self._tb.add_scalar(f"{prefix}/{key}", value, step)
         if console:
             parts = [f"step {step}"]
             for key, fmt in (("loss", ".4f"), ("lr", ".3e"), ("grad_norm", ".3f"), ("clips_per_s", ".1f"),

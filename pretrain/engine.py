@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from data.clip import as_model_input
 from pretrain.config import Derived, PretrainConfig
 from pretrain.loss import reconstruction_loss
 from pretrain.masking import random_mask, running_cell_mask, tube_mask
@@ -105,7 +106,8 @@ def train_step(engine, batches: Iterator[dict], cfg: PretrainConfig, d: Derived,
         wait += time.perf_counter() - t0
         micro = len(losses) + skipped
         state.micro_batches += 1
-        x = batch["clip"].to(device, non_blocking=True)  # (B, 3, T, H, W) fp32
+        # uint8 (B, T, H, W, 3) from the loader, normalised on the device -> (B, 3, T, H, W) fp32
+        x = as_model_input(batch["clip"].to(device, non_blocking=True))
         mask, decoder_mask = make_masks(cfg, x.shape[0], d.token_grid, step_seed(cfg.seed, rank, state.step, micro))
         mask = mask.to(device)
         decoder_mask = decoder_mask.to(device) if decoder_mask is not None else None

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     dataset = ShardDataset(resolve_data(cfg, info), spec, mode="resampled", shuffle_buffer=cfg.shuffle_buffer,
                            seed=cfg.seed, samples_per_decode=cfg.samples_per_decode, rank=info.rank,
-                           world_size=info.world_size)
+                           world_size=info.world_size, output="uint8")
     check_modality(dataset, cfg.modality)
     d = derive(cfg, world_size=info.world_size, num_samples=dataset.num_samples, precision=precision,
                token_grid=grid)

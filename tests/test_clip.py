@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from data import sampling, transforms
-from data.clip import ClipSpec, clip_to_uint8_frames, load_clip, make_clip
+from data import sampling, time_grid, transforms
+from data.clip import (
+    ClipSpec,
+    as_model_input,
+    clip_to_uint8_frames,
+    load_clip,
+    make_clip,
+    make_frames,
+    normalize_clip,
+)
 from data.errors import UserError
 
 
@@ -170,6 +178,63 @@ def test_normalize_roundtrip():
     y = transforms.normalize(x)
     assert torch.allclose(y[:, 0], (x[:, 0] / 255 - 0.485) / 0.229, atol=1e-5)
     assert torch.equal(transforms.denormalize(y), x)
+
+
+def reference_frames(frames: np.ndarray, spec: ClipSpec, box, flip: bool) -> torch.Tensor:
+    """The clip built the slow, obvious way from the pure functions: crop, resize, flip, `time_grid.to_grid`."""
+    x = transforms.resize(transforms.crop(torch.from_numpy(frames).permute(0, 3, 1, 2), box), spec.cell)
+    if flip:
+        x = transforms.hflip(x)
+    g = transforms.resize(time_grid.to_grid(x.contiguous(), spec.grid_n, spec.arrangement), spec.size)
+    return g.permute(0, 2, 3, 1)  # (T*, H*, W*, 3)
+
+
+def _crop_and_flip(seed: int, spec: ClipSpec) -> tuple[transforms.Box, bool]:
+    """The crop box and flip `make_frames` draws from ``default_rng(seed)`` for 50 x 70 frames (same draw order)."""
+    rng = np.random.default_rng(seed)
+    flip = spec.flip and bool(rng.random() < 0.5)
+    return transforms.multiscale_crop_params(50, 70, rng, spec.scales), flip
+
+
+@pytest.mark.parametrize("arrangement", ["spatial", "temporal"])
+@pytest.mark.parametrize("n,size", [(1, 32), (2, 32), (3, 32), (2, (24, 40))])
+def test_uint8_clip_equals_the_pure_grid_functions(arrangement, n, size):
+    frames = np.random.default_rng(0).integers(0, 256, (4 * n * n, 50, 70, 3), dtype=np.uint8)
+    spec = ClipSpec(num_frames=4, grid_n=n, input_size=size, arrangement=arrangement, flip=True)
+    flips = set()
+    for seed in range(4):
+        box, flip = _crop_and_flip(seed, spec)
+        flips.add(flip)
+        got = make_frames(frames, spec, np.random.default_rng(seed))
+        assert got.dtype == torch.uint8 and got.shape == (4, *spec.size, 3) and got.is_contiguous()
+        assert torch.equal(got, reference_frames(frames, spec, box, flip))
+        # the float clip is the same pixels, normalised
+        clip = make_clip(frames, spec, np.random.default_rng(seed))
+        assert clip.shape == (3, 4, *spec.size) and torch.equal(clip_to_uint8_frames(clip, spec), got)
+    assert flips == {False, True}
+
+
+def test_uint8_three_crop_views():
+    spec = ClipSpec(num_frames=4, grid_n=2, input_size=32, train=False, crop="three")
+    frames = np.random.default_rng(1).integers(0, 256, (16, 40, 80, 3), dtype=np.uint8)
+    got = make_frames(frames, spec, None)
+    assert got.shape == (3, 4, 32, 32, 3)
+    for view, box in zip(got, transforms.three_crop_params(40, 80), strict=True):
+        assert torch.equal(view, reference_frames(frames, spec, box, False))
+    assert torch.equal(normalize_clip(got), make_clip(frames, spec, None))
+
+
+def test_normalize_clip_matches_per_channel_normalisation():
+    x = torch.randint(0, 256, (2, 5, 6, 7, 3), dtype=torch.uint8)  # (B, T, H, W, 3)
+    y = normalize_clip(x)
+    assert y.shape == (2, 3, 5, 6, 7) and y.is_contiguous()
+    for c, (m, s) in enumerate(zip(transforms.IMAGENET_MEAN, transforms.IMAGENET_STD, strict=True)):
+        assert torch.allclose(y[:, c], (x[..., c] / 255 - m) / s, atol=1e-5)
+    assert torch.equal(as_model_input(x), y)
+    assert as_model_input(y) is y or torch.equal(as_model_input(y), y)  # float batches pass through
+    assert normalize_clip(x, dtype=torch.bfloat16).dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="uint8"):
+        normalize_clip(y)
 
 
 def test_decode_short_side_covers_the_smallest_crop():

@@ -12,7 +12,7 @@ import torch
 import webdataset as wds
 
 from data import stream
-from data.clip import ClipSpec, clip_to_uint8_frames, sample_indices
+from data.clip import ClipSpec, clip_to_uint8_frames, normalize_clip, sample_indices
 from data.errors import UserError
 from data.manifest import Record
 from data.shards import write_shards
@@ -56,6 +56,17 @@ def test_clips_hold_the_sampled_frames(shard_dir):
         frames = clip_to_uint8_frames(s["clip"], EVAL).numpy()
         expected = sample_indices(s["meta"]["num_frames"], EVAL, None).tolist()
         assert [read_index(f) for f in frames] == expected
+
+
+def test_uint8_output_is_the_float_clip_before_normalisation(shard_dir):
+    floats = list(ShardDataset(shard_dir, EVAL, mode="exact", shuffle_buffer=0))
+    pixels = list(ShardDataset(shard_dir, EVAL, mode="exact", shuffle_buffer=0, output="uint8"))
+    assert [s["meta"]["key"] for s in pixels] == [s["meta"]["key"] for s in floats]
+    for f, p in zip(floats, pixels, strict=True):
+        assert p["clip"].dtype == torch.uint8 and p["clip"].shape == (4, 48, 64, 3)
+        assert torch.equal(p["clip"], clip_to_uint8_frames(f["clip"], EVAL))
+    batch = next(iter(make_loader(ShardDataset(shard_dir, EVAL, mode="exact", output="uint8"), 2, 0)))
+    assert batch["clip"].shape == (2, 4, 48, 64, 3) and normalize_clip(batch["clip"]).shape == (2, 3, 4, 48, 64)
 
 
 def test_fewer_shards_than_ranks_times_workers_is_a_user_error(shard_dir):
