@@ -447,6 +447,20 @@ def test_decode_with_timeout():
     assert time.monotonic() - start < 2
 
 
+def test_decode_thread_is_reused_until_a_timeout_abandons_it():
+    def name():
+        return threading.get_ident()
+
+    first = decode_with_timeout(name, 1.0)
+    assert first != threading.get_ident()  # the work runs outside the caller's thread
+    assert decode_with_timeout(name, 1.0) == first  # ... in the same thread every time
+    with pytest.raises(DecodeError):
+        decode_with_timeout(lambda: time.sleep(1), 0.1)
+    after = decode_with_timeout(name, 1.0)  # the stuck thread is left behind; a new one takes over
+    assert after not in (first, threading.get_ident())
+    assert decode_with_timeout(lambda: "ok", 1.0) == "ok"
+
+
 def test_decode_with_timeout_outside_the_main_thread():
     box = {}
 

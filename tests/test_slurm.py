@@ -157,3 +157,26 @@ def test_deepspeed_launcher_variant_generates_its_hostfile(slurm_env, tmp_path):
     assert logged_steps(run) == [1, 2]
     ckpt = run / "checkpoints" / "step_00000002"
     assert (ckpt / "rng_rank0.pt").is_file() and (ckpt / "rng_rank1.pt").is_file() and (ckpt / "COMPLETE").is_file()
+
+
+FT_TINY = ["--model", "vit_tiny", "--input-size", "32", "--num-frames", "4", "--grid-n", "2", "--batch-size", "2",
+           "--num-workers", "0", "--log-every", "1", "--shuffle-buffer", "8"]
+
+
+def test_finetune_two_ranks_with_srun(slurm_env, tmp_path):
+    run = tmp_path / "run"
+    out = sbatch(slurm_env, "finetune.sbatch", TWO_TASKS, [*FT_TINY, "--max-steps", "3", "--save-every", "3"],
+                 tmp_path, extra_env={"TIMEMAE_OUTPUT_DIR": str(run)})
+    text = job_output(tmp_path)
+    assert out.returncode == 0, out.stderr + text[-4000:]
+    assert "launcher: slurm, world size 2" in text and "2 tasks, 1 CPUs each" in text
+    assert sorted(rank_map(text)) == [(0, 0), (1, 1)]
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "train"] == [1, 2, 3]
+    evals = [r for r in records if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [3] and evals[0]["num_videos"] == 32 and evals[0]["duplicate_videos"] == 0
+    ckpt = run / "checkpoints" / "step_00000003"
+    for name in ("COMPLETE", "rng_rank0.pt", "rng_rank1.pt"):
+        assert (ckpt / name).is_file(), name
+    assert (run / "best.json").is_file() and (run / "best.pth").is_file()
+    assert "Traceback" not in text
