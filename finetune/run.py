@@ -192,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info(f"resuming from {resume_dir} with consolidated fp32 weights (saved with "
                      f"{saved.get('world_size')} ranks / ZeRO-{saved.get('zero_stage')}, now {info.world_size} / "
                      f"ZeRO-{cfg.zero_stage}): the optimizer moments start afresh")
+        if cfg.init_from:
+            log.info(f"--init-from {cfg.init_from} not loaded: the weights come from the checkpoint")
     elif cfg.init_from:
         from models.checkpoint import init_classifier_from
 
