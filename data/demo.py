@@ -429,6 +429,15 @@ def _read_stamp(root: Path) -> dict | None:
     return stamp if isinstance(stamp, dict) and stamp.get("format") == STAMP_FORMAT else None
 
 
+def _has_any_stamp(root: Path) -> bool:
+    """Whether ``root`` holds a demo of any stamp format, older ones included (they are regenerated, not refused)."""
+    try:
+        stamp = json.loads((root / STAMP).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(stamp, dict) and "format" in stamp and "params" in stamp
+
+
 def _write_stamp(root: Path, stamp: dict) -> None:
     tmp = root / (STAMP + ".tmp")
     tmp.write_text(json.dumps(stamp, indent=2) + "\n")
@@ -444,7 +453,7 @@ def _prepare_out_dir(root: Path) -> None:
     if root.exists() and not root.is_dir():
         raise UserError(f"demo output {root} is a file; choose an empty or new folder with --out")
     if root.is_dir() and any(root.iterdir()):
-        if _read_stamp(root) is None:
+        if not _has_any_stamp(root):
             raise UserError(
                 f"demo output {root} is not empty and holds no demo dataset (no {STAMP}); "
                 "choose an empty or new folder with --out"

@@ -222,6 +222,10 @@ def test_ensure_demo_reuses_and_regenerates(tmp_path):
     video.write_bytes(b"marker")
     demo.ensure_demo(out, **{**kwargs, "seed": 1})
     assert video.read_bytes() != b"marker"
+    (out / demo.STAMP).write_text(json.dumps({**stamp, "format": 1}))  # an older demo format: regenerated
+    video.write_bytes(b"marker")
+    demo.ensure_demo(out, **{**kwargs, "seed": 1})
+    assert video.read_bytes() != b"marker" and json.loads((out / demo.STAMP).read_text())["format"] == demo.STAMP_FORMAT
 
 
 def test_foreign_output_folder_is_refused(tmp_path, capsys):
