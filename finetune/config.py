@@ -80,7 +80,7 @@ class FinetuneConfig:
 class Derived:
     """Values computed once from the config, the data and the world; logged, never written back.
 
-    Field names match `pretrain.config.Derived` where they mean the same, so the schedule (`pretrain.engine.lr_at`)
+    Field names match `pretrain.config.Derived` where they mean the same, so the schedule (`launch.loop.lr_at`)
     serves both stages.
     """
 

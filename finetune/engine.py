@@ -2,7 +2,7 @@
 
 One optimizer step = ``accum_steps`` micro-batches; DeepSpeed counts micro-steps and applies the optimizer at the
 accumulation boundary (as in pretraining). The lr schedule, the per-position seeds and the loop state are
-pretraining's (`pretrain.engine`), so both stages warm up, decay and resume the same way.
+shared with pretraining (`launch.loop`), so both stages warm up, decay and resume the same way.
 
 Evaluation reads every validation video once per temporal clip (``exact`` shard mode: each video on exactly one
 rank), sums the softmax over the video's views (clips x crops), gathers the per-video sums from every rank and
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from data.clip import as_model_input
 from finetune.config import Derived, FinetuneConfig
-from pretrain.engine import LoopState, NonFiniteLoss, lr_at, step_seed
+from launch.loop import LoopState, NonFiniteLoss, lr_at, step_seed
 
 __all__ = ["LoopState", "NonFiniteLoss", "evaluate", "layer_decay_groups", "make_optimizer", "mix_batch",
            "soft_cross_entropy", "train_step"]

@@ -6,27 +6,17 @@ accumulation boundary; the loss it receives is divided by ``accum_steps`` inside
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from data.clip import as_model_input
+from launch.loop import LoopState, NonFiniteLoss, all_ranks_finite, lr_at, step_seed
 from pretrain.config import Derived, PretrainConfig
 from pretrain.loss import reconstruction_loss
 from pretrain.masking import random_mask, running_cell_mask, tube_mask
-
-
-def lr_at(step: int, d: Derived) -> float:
-    """Linear warm-up from 0 to ``d.lr`` over ``d.warmup_steps``, then half-cosine to ``d.min_lr`` (per step)."""
-    if step < d.warmup_steps:
-        return d.lr * (step + 1) / d.warmup_steps
-    span = max(1, d.total_steps - d.warmup_steps)
-    progress = min(1.0, (step - d.warmup_steps) / span)
-    return d.min_lr + 0.5 * (d.lr - d.min_lr) * (1 + math.cos(math.pi * progress))
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -51,11 +41,6 @@ def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig, lr: float, devic
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
-def step_seed(seed: int, rank: int, step: int, micro: int) -> int:
-    """Seed of the masks of one micro-batch: a function of the position only, so a resumed run draws the same."""
-    return int(np.random.SeedSequence([seed, rank, step, micro]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
 def make_masks(cfg: PretrainConfig, batch: int, grid: tuple[int, int, int], seed: int
                ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Encoder mask (B, L) and optional decoder mask; True = masked (hidden from the encoder / not decoded)."""
@@ -64,27 +49,6 @@ def make_masks(cfg: PretrainConfig, batch: int, grid: tuple[int, int, int], seed
     mask = make(batch, grid, cfg.mask_ratio, gen)
     decoder_mask = running_cell_mask(batch, grid, cfg.decoder_mask_ratio, gen) if cfg.decoder_mask_ratio else None
     return mask, decoder_mask
-
-
-@dataclass
-class LoopState:
-    step: int = 0  # optimizer steps done
-    micro_batches: int = 0  # micro-batches consumed from this rank's data stream
-    bad_steps: int = 0  # consecutive steps with a non-finite loss
-    skipped_steps: int = 0  # all steps skipped for a non-finite loss
-    last_good_checkpoint: str = ""
-
-
-def _all_ranks_finite(loss: torch.Tensor) -> bool:
-    flag = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0])
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        flag = flag.to(loss.device)
-        torch.distributed.all_reduce(flag)
-    return float(flag.item()) == 0.0
-
-
-class NonFiniteLoss(RuntimeError):
-    """Too many consecutive micro-batches with a non-finite loss."""
 
 
 def train_step(engine, batches: Iterator[dict], cfg: PretrainConfig, d: Derived, state: LoopState, *,
@@ -116,7 +80,7 @@ def train_step(engine, batches: Iterator[dict], cfg: PretrainConfig, d: Derived,
         # The target comes from the fp32 input, whatever the compute precision (spec: loss in fp32).
         loss = reconstruction_loss(pred, x, mask, patch_size=module.patch_size, tubelet_size=module.tubelet_size,
                                    normalize_target=cfg.norm_pix_loss, decoder_mask=decoder_mask)
-        if not _all_ranks_finite(loss):
+        if not all_ranks_finite(loss):
             skipped += 1
             state.bad_steps += 1
             state.skipped_steps += 1

@@ -39,8 +39,8 @@ def test_quick_run_prints_the_whole_table(tmp_path):
     assert len(rows) == 3 * 10 + 3
     names = {row.split()[0] for row in rows}
     assert names == {"tiny", "tiny_240p", "tiny_720p", "00000000-tiny"}
-    configs = ("VideoMAE 16x4 PIL", "TIME N=1", "TIME N=2", "TIME N=4", "TIME N=2 float", "TIME N=2 K=2", "TIME N=2 K=4")
-    for config in configs:
+    for config in ("VideoMAE 16x4 PIL", "TIME N=1", "TIME N=2", "TIME N=4", "TIME N=2 float", "TIME N=2 K=2",
+                   "TIME N=2 K=4"):
         assert any(config in row for row in rows), config
     assert any("shards s128 g1" in row for row in rows) and any("shards s64 g1" in row for row in rows)
     targets = [line for line in lines if line.startswith("target:")]

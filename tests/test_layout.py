@@ -32,6 +32,13 @@ def test_lower_packages_do_not_import_upper_ones(package):
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
+@pytest.mark.parametrize("package,other", [("pretrain", "finetune"), ("finetune", "pretrain")])
+def test_the_stages_do_not_import_each_other(package, other):
+    # What both stages need (schedule, seeds, loop state, checkpoints, logging) lives in launch/.
+    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / package).rglob("*.py") if other in _imported_top_levels(p)]
+    assert offenders == []
+
+
 def test_import_checker_sees_imports(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("import launch.cli\nfrom pretrain import engine\nfrom . import sibling\n")

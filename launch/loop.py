@@ -1,0 +1,59 @@
+"""Training-loop pieces both stages share: the lr schedule, per-position seeds, the loop state, non-finite losses.
+
+Pretraining and fine-tuning warm up, decay, seed their per-micro-batch randomness and resume the same way, so these
+live here, in the run plumbing both stages use, rather than in one stage's engine.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+
+class Schedule(Protocol):
+    """What `lr_at` reads: the `Derived` values of either stage."""
+
+    lr: float
+    min_lr: float
+    warmup_steps: int
+    total_steps: int
+
+
+def lr_at(step: int, d: Schedule) -> float:
+    """Linear warm-up from 0 to ``d.lr`` over ``d.warmup_steps``, then half-cosine to ``d.min_lr`` (per step)."""
+    if step < d.warmup_steps:
+        return d.lr * (step + 1) / d.warmup_steps
+    span = max(1, d.total_steps - d.warmup_steps)
+    progress = min(1.0, (step - d.warmup_steps) / span)
+    return d.min_lr + 0.5 * (d.lr - d.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def step_seed(seed: int, rank: int, step: int, micro: int) -> int:
+    """Seed of one micro-batch's randomness: a function of the position only, so a resumed run draws the same."""
+    return int(np.random.SeedSequence([seed, rank, step, micro]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+@dataclass
+class LoopState:
+    step: int = 0  # optimizer steps done
+    micro_batches: int = 0  # micro-batches consumed from this rank's data stream
+    bad_steps: int = 0  # consecutive steps with a non-finite loss
+    skipped_steps: int = 0  # all steps skipped for a non-finite loss
+    last_good_checkpoint: str = ""
+
+
+def all_ranks_finite(loss: torch.Tensor) -> bool:
+    """True when ``loss`` is finite on every rank (a collective when distributed: every rank must call it)."""
+    flag = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        flag = flag.to(loss.device)
+        torch.distributed.all_reduce(flag)
+    return float(flag.item()) == 0.0
+
+
+class NonFiniteLoss(RuntimeError):
+    """Too many consecutive micro-batches with a non-finite loss."""
