@@ -136,14 +136,6 @@ def test_failing_job_makes_sbatch_wait_fail_with_the_error_in_the_output(slurm_e
     assert "Traceback" not in text
 
 
-@pytest.mark.skipif((ROOT / "finetune" / "run.py").exists(), reason="finetune/run.py exists: nothing to report")
-def test_finetune_without_its_entry_point_says_so(slurm_env, tmp_path):
-    out = sbatch(slurm_env, "finetune.sbatch", TWO_TASKS, ["--max-steps", "1"], tmp_path)
-    text = job_output(tmp_path)
-    assert out.returncode == 2, text
-    assert "finetune.sbatch: this checkout" in text and "has no finetune/run.py" in text
-
-
 def test_deepspeed_launcher_variant_generates_its_hostfile(slurm_env, tmp_path):
     run = tmp_path / "run"
     options = ["--nodes=1", "--ntasks-per-node=1", "--gpus-per-node=0", "--cpus-per-task=2"]
