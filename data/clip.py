@@ -3,6 +3,7 @@
     video (T frames) --sample_indices--> L = T* x N^2 indices --decode--> (L, H, W, 3) uint8
       --crop/flip/rotate at source resolution (same parameters for the whole clip)
       --resize every frame into one cell (ceil(H*/N) x ceil(W*/N))
+      --RandAugment, random erasing (fine-tuning; same parameters for the whole clip, at cell resolution)
       --TIME grid (spatial or temporal arrangement) -> (T*, N ceil(H*/N), N ceil(W*/N), 3)
       --resize to H* x W* if N does not divide it--> (T*, H*, W*, 3) uint8          `make_frames` (data loaders)
       --normalise (on the training device)--> (3, T*, H*, W*) float                 `normalize_clip`
@@ -19,7 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from data import sampling, time_grid, transforms
+from data import augment, sampling, time_grid, transforms
 from data.errors import UserError
 
 CROPS = ("multiscale", "rrc", "center", "three")
@@ -45,6 +46,8 @@ class ClipSpec:
         rotation: maximum random rotation in degrees (0 = off).
         mean, std: normalisation statistics (ImageNet by default; also used for depth, see the TIME spec).
         view: ``(k, K)``: in evaluation, temporal clip k of K per video (multi-clip testing); ignored in training.
+        rand_augment: timm RandAugment string applied in training, e.g. ``rand-m7-n4-mstd0.5-inc1``; "" = off.
+        erase_prob: chance of random erasing in training (one box, the same on every frame); 0 = off.
     """
 
     num_frames: int = 16
@@ -62,6 +65,8 @@ class ClipSpec:
     mean: tuple[float, float, float] = transforms.IMAGENET_MEAN
     std: tuple[float, float, float] = transforms.IMAGENET_STD
     view: tuple[int, int] = (0, 1)
+    rand_augment: str = ""
+    erase_prob: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.input_size, Sequence):
@@ -92,6 +97,10 @@ class ClipSpec:
             raise UserError(f"crop scales {self.scales} must lie in (0, 1]")
         if len(self.view) != 2 or not 0 <= self.view[0] < self.view[1]:
             raise UserError(f"evaluation view {self.view} must be (k, K) with 0 <= k < K; use e.g. --test-clips 5")
+        augment.parse_rand_augment(self.rand_augment)  # a bad string raises UserError naming --rand-augment
+        if not 0 <= self.erase_prob <= 1:
+            raise UserError(f"--reprob {self.erase_prob} is outside [0, 1]; use e.g. 0.25 (the official fine-tuning) "
+                            "or 0 (off)")
 
     @property
     def size(self) -> tuple[int, int]:
@@ -177,11 +186,22 @@ def make_frames(frames: np.ndarray | torch.Tensor, spec: ClipSpec, rng: np.rando
     if train and spec.rotation:
         x = transforms.rotate(x, float(rng.uniform(-spec.rotation, spec.rotation)))
     flip = train and spec.flip and rng.random() < 0.5
+    boxes = _boxes(x.shape[-2], x.shape[-1], spec, rng if train else None)
+    cell_aug = None
+    if train and (spec.rand_augment or spec.erase_prob):  # drawn after the crop: turning it on keeps the crops
+        cell_aug = augment.draw_clip_augment(spec.rand_augment, spec.erase_prob, x.shape[0], spec.cell, rng,
+                                             spec.mean, spec.std)
     views = []
-    for box in _boxes(x.shape[-2], x.shape[-1], spec, rng if train else None):
+    for box in boxes:
         v = transforms.resize(transforms.crop(x, box), spec.cell)  # (L, 3, h, w), one cell per frame
         if flip:
             v = transforms.hflip(v)
+        if cell_aug is not None:
+            # On the cells, not the source frames: a fraction of the pixels to process (1/N^2 of the output area per
+            # frame), and the same transformation for the photometric ops and for the geometric ones, whose angles,
+            # shears and translations are relative to the frame size (only the 3x3 sharpness kernel is per pixel).
+            # Back to channels-last (the ops may return channel-first): the grid copy then moves whole cell rows.
+            v = augment.apply_clip_augment(v, cell_aug).contiguous(memory_format=torch.channels_last)
         g = _grid_channels_last(v.permute(0, 2, 3, 1), spec.grid_n, spec.num_frames, spec.arrangement)
         if tuple(g.shape[1:3]) != spec.size:  # N does not divide H* / W*: one more resize of the whole grid
             g = transforms.resize(g.permute(0, 3, 1, 2), spec.size).permute(0, 2, 3, 1)

@@ -2,9 +2,9 @@
 
 Defaults follow the official VideoMAE fine-tuning recipe (shared/specs/videomae.md): AdamW, base lr 1e-3 per 256 clips,
 layer-wise lr decay 0.75, weight decay 0.05, drop path 0.1, 5 warm-up epochs then cosine to 1e-6, label smoothing
-0.1, DeepSpeed ZeRO stage 0. Mixup / CutMix (official 0.8 / 1.0) are off by default and available as flags;
-RandAugment and random erasing are not implemented. The clip follows pretraining: ``--grid-n 2`` (the TIME paper's
-RGB choice) with segment sampling over the whole video.
+0.1, mixup 0.8 / CutMix 1.0, RandAugment rand-m7-n4-mstd0.5-inc1 and random erasing 0.25 (both on the training
+clips only, the same for every frame, `data.augment`), DeepSpeed ZeRO stage 0. The clip follows pretraining:
+``--grid-n 2`` (the TIME paper's RGB choice) with segment sampling over the whole video.
 """
 
 from __future__ import annotations
@@ -42,9 +42,12 @@ class FinetuneConfig:
     num_workers: int = field(8, "data-loader worker processes per rank (evaluation: at most the val shards per rank)")
     shuffle_buffer: int = field(128, "samples held for shuffling in each worker")
     # augmentation and loss
+    rand_augment: str = field("rand-m7-n4-mstd0.5-inc1", "timm RandAugment of the training clips, the same ops on "
+                                                         "every frame (\"\" or none = off)")
+    reprob: float = field(0.25, "random erasing probability: one box, the same on every frame (0 = off)")
     label_smoothing: float = field(0.1, "label smoothing of the cross-entropy target")
-    mixup: float = field(0.0, "mixup Beta(alpha, alpha) (0 = off; official 0.8)")
-    cutmix: float = field(0.0, "CutMix Beta(alpha, alpha), one box of every frame (0 = off; official 1.0)")
+    mixup: float = field(0.8, "mixup Beta(alpha, alpha) (0 = off)")
+    cutmix: float = field(1.0, "CutMix Beta(alpha, alpha), one box of every frame (0 = off)")
     mixup_switch_prob: float = field(0.5, "with both on: chance of CutMix instead of mixup for a batch")
     # evaluation
     eval_every: int = field(0, "evaluate every this many steps (0 = once per epoch); always at the end")

@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     info = distributed.detect()
     spec = ClipSpec(num_frames=cfg.num_frames, grid_n=cfg.grid_n, input_size=cfg.input_size,
                     arrangement=cfg.grid_arrangement, sampling="stride" if cfg.sampling_rate else "segment",
-                    sampling_rate=max(cfg.sampling_rate, 1), train=True, crop=cfg.train_crop, flip=cfg.flip)
+                    sampling_rate=max(cfg.sampling_rate, 1), train=True, crop=cfg.train_crop, flip=cfg.flip,
+                    rand_augment=cfg.rand_augment, erase_prob=cfg.reprob)
     device = distributed.init(info)
     precision = resolve_precision(cfg.precision, device)
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]

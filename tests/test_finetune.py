@@ -285,7 +285,7 @@ def test_tiny_model_training_loss_drops_on_demo_shards(demo_dir, tmp_path):
             "--batch-size", "8", "--num-workers", "1", "--max-steps", "240", "--eval-every", "120",
             "--save-every", "1000", "--log-every", "1", "--base-lr", "6e-3", "--min-lr", "1e-4", "--warmup-epochs", "1",
             "--layer-decay", "1", "--drop-path", "0", "--label-smoothing", "0", "--train-crop", "multiscale",
-            "--output-dir", str(run)]
+            "--mixup", "0", "--cutmix", "0", "--rand-augment", "none", "--reprob", "0", "--output-dir", str(run)]
     check_ok(run_script(args, demo=demo_dir, timeout=900))
     log = read_log(run, "train")
     first = np.mean([log[s]["loss"] for s in range(1, 31)])
@@ -305,6 +305,8 @@ def test_tiny_model_training_loss_drops_on_demo_shards(demo_dir, tmp_path):
         (["--init-from", "SMALL_ENCODER"], "in the file but"),
         (["--modality", "depth", "--data", "DEMO_RGB"], "--modality depth but the --data shards hold rgb"),
         (["--eval-only", "--val-data", "none"], "--eval-only needs validation data"),
+        (["--rand-augment", "rand-m7-x"], "--rand-augment 'rand-m7-x': cannot read the section 'x'"),
+        (["--reprob", "2"], "--reprob 2.0 is outside [0, 1]"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(demo_dir, tmp_path, flags, message):
