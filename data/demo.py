@@ -573,15 +573,22 @@ def ensure_demo(
     shards: bool = True,
     workers: int | None = None,
     progress: bool = False,
+    reuse_any: bool = False,
 ) -> dict:
     """`make_demo` unless ``out_dir`` already holds a complete demo made with the same parameters.
 
-    Used by the quickstart and the tests. Arguments and result as for `make_demo`.
+    Used by the quickstart, the training scripts and the tests. Arguments and result as for `make_demo`, plus
+    ``reuse_any``: take a complete demo with shards whatever its parameters (the training scripts: a demo the user made
+    with other settings, e.g. ``timemae demo --per-class 32``, is used, not overwritten).
     """
     params = DemoParams(seed, per_class, val_per_class, num_frames, size[0], size[1], fps, depth, shards)
     root = Path(out_dir).resolve()
     stamp = _read_stamp(root)
-    if stamp and stamp.get("complete") and stamp.get("params") == dataclasses.asdict(params):
+    same = stamp is not None and stamp.get("params") == dataclasses.asdict(params)
+    other = reuse_any and stamp is not None and bool(stamp.get("params", {}).get("shards"))
+    if stamp and stamp.get("complete") and (same or other):
+        if not same:
+            params = DemoParams(**stamp["params"])
         result = _absolute(root, stamp["outputs"], params)
         paths = [result["classes_file"], *result["manifests"].values(), *result["shards"].values()]
         if all(os.path.exists(p) for p in paths):
@@ -590,6 +597,21 @@ def ensure_demo(
         root, seed=seed, per_class=per_class, val_per_class=val_per_class, num_frames=num_frames, size=size, fps=fps,
         depth=depth, shards=shards, workers=workers, progress=progress,
     )
+
+
+def demo_shards(demo: dict, split: str, modality: str) -> str:
+    """The shard folder of one split ("train" / "val") and modality of an `ensure_demo` result.
+
+    Raises:
+        UserError: the demo was made without that modality (``--no-depth``).
+    """
+    key = split if modality == "rgb" else f"{modality}_{split}"
+    if key not in demo["shards"]:
+        raise UserError(
+            f"the demo data in {demo['root']} has no {modality} shards; regenerate it with `timemae demo --out "
+            f"{demo['root']}` (without --no-depth) or pass --data"
+        )
+    return demo["shards"][key]
 
 
 def _parse_size(text: str) -> tuple[int, int]:

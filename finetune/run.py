@@ -71,17 +71,16 @@ def resolve_data(cfg: FinetuneConfig, info: distributed.DistInfo) -> tuple[str, 
     val = "" if cfg.val_data == "none" else cfg.val_data
     if cfg.data:
         return cfg.data, val
-    from data.demo import ensure_demo
+    from data.demo import demo_shards, ensure_demo
 
     if info.is_main:
-        ensure_demo(DEMO_DIR)
+        ensure_demo(DEMO_DIR, reuse_any=True)
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
-    shards = ensure_demo(DEMO_DIR)["shards"]  # already there: only reads the stamp
-    prefix = "" if cfg.modality == "rgb" else f"{cfg.modality}_"
+    demo = ensure_demo(DEMO_DIR, reuse_any=True)  # only reads the stamp now
     if cfg.val_data != "none":
-        val = val or shards[prefix + "val"]
-    return shards[prefix + "train"], val
+        val = val or demo_shards(demo, "val", cfg.modality)
+    return demo_shards(demo, "train", cfg.modality), val
 
 
 def check_shards(dataset: ShardDataset, modality: str, flag: str) -> None:

@@ -228,6 +228,23 @@ def test_ensure_demo_reuses_and_regenerates(tmp_path):
     assert video.read_bytes() != b"marker" and json.loads((out / demo.STAMP).read_text())["format"] == demo.STAMP_FORMAT
 
 
+def test_training_scripts_reuse_a_demo_made_with_other_settings(tmp_path):
+    out = tmp_path / "d"
+    made = demo.ensure_demo(out, per_class=2, val_per_class=1, num_frames=4, size=(64, 48), depth=False, workers=1)
+    video = Path(made["root"]) / demo.video_relpath("rgb", "train", 0, 0)
+    video.write_bytes(b"marker")
+    reused = demo.ensure_demo(out, reuse_any=True)  # default parameters asked for, the user's demo kept
+    assert video.read_bytes() == b"marker" and reused["shards"] == made["shards"]
+    assert demo.demo_shards(reused, "val", "rgb") == made["shards"]["val"]
+    with pytest.raises(UserError, match="no depth shards.*without --no-depth"):
+        demo.demo_shards(reused, "train", "depth")
+    demo.ensure_demo(out, per_class=2, val_per_class=1, num_frames=4, size=(64, 48), depth=False, shards=False,
+                     workers=1)  # without shards: nothing a training script could use
+    demo.ensure_demo(out, reuse_any=True, per_class=1, val_per_class=1, num_frames=4, size=(64, 48), depth=False,
+                     workers=1)
+    assert json.loads((out / demo.STAMP).read_text())["params"]["per_class"] == 1  # so it was regenerated
+
+
 def test_foreign_output_folder_is_refused(tmp_path, capsys):
     (tmp_path / "mine.txt").write_text("keep me")
     with pytest.raises(UserError, match="choose an empty or new folder"):
