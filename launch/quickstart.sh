@@ -39,6 +39,6 @@ Done. Look at:
 
 Fine-tune it on the demo classes (train split, evaluated on the val split):
   TIMEMAE_DEMO_DIR=$TIMEMAE_DEMO_DIR .venv/bin/deepspeed finetune/run.py --init-from $OUT/pretrain/encoder.pth \\
-    --model vit_tiny --input-size 112 --num-frames 8 --batch-size 8 --num-workers 2 --max-steps 200 \\
+    --model vit_tiny --input-size 112 --num-frames 8 --batch-size 8 --num-workers 2 --max-steps 200 --eval-every 50 \\
     --output-dir $OUT/finetune
 MSG
