@@ -93,6 +93,21 @@ def test_precision_auto_is_fp32_on_cpu():
         resolve_precision("bf16", cpu)
 
 
+@pytest.mark.parametrize("capability,auto", [((7, 0), "fp16"), ((8, 0), "bf16"), ((9, 0), "bf16")])
+def test_precision_on_gpus_follows_the_compute_capability(monkeypatch, capability, auto):
+    # V100 (7.0) can emulate bf16, and torch.cuda.is_bf16_supported() says yes to that by default; auto must not
+    # pick it there.
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    gpu = torch.device("cuda", 0)
+    assert resolve_precision("auto", gpu) == auto
+    assert resolve_precision("fp16", gpu) == "fp16"
+    if auto == "fp16":
+        with pytest.raises(UserError, match="not native on this GPU.*use --precision fp16"):
+            resolve_precision("bf16", gpu)
+    else:
+        assert resolve_precision("bf16", gpu) == "bf16"
+
+
 @pytest.mark.parametrize(
     "env,expected",
     [
