@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from data.clip import as_model_input
 from finetune.config import Derived, FinetuneConfig
-from launch.loop import LoopState, NonFiniteLoss, lr_at, step_seed
+from launch.loop import LoopState, NonFiniteLoss, adamw, lr_at, step_seed
 
 __all__ = ["LoopState", "NonFiniteLoss", "evaluate", "layer_decay_groups", "make_optimizer", "mix_batch",
            "soft_cross_entropy", "train_step"]
@@ -54,16 +54,11 @@ def layer_decay_groups(model: torch.nn.Module, weight_decay: float, layer_decay:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: FinetuneConfig, lr: float, device: torch.device):
-    """Fused Adam on CUDA (DeepSpeed's), torch AdamW elsewhere, over `layer_decay_groups`."""
+    """AdamW over `layer_decay_groups` (fused on CUDA, see `launch.loop.adamw`)."""
     groups = layer_decay_groups(model, cfg.weight_decay, cfg.layer_decay)
     for group in groups:
         group["lr"] = lr * group["lr_scale"]
-    betas = tuple(cfg.betas)
-    if device.type == "cuda":
-        from deepspeed.ops.adam import FusedAdam
-
-        return FusedAdam(groups, lr=lr, betas=betas, adam_w_mode=True)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    return adamw(groups, lr, cfg.betas, device)
 
 
 def mix_batch(x: torch.Tensor, labels: torch.Tensor, num_classes: int, *, smoothing: float, mixup: float,

@@ -55,5 +55,15 @@ def all_ranks_finite(loss: torch.Tensor) -> bool:
     return float(flag.item()) == 0.0
 
 
+def adamw(groups: list[dict], lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.AdamW:
+    """torch's AdamW: its fused CUDA kernel on a GPU, the default (foreach) implementation elsewhere.
+
+    Not DeepSpeed's FusedAdam: that one is compiled on first use and needs the CUDA toolkit (nvcc) on the training
+    machine, which a pip-installed environment often lacks; torch ships its fused kernel prebuilt. Both run the same
+    AdamW update, and DeepSpeed's ZeRO stages accept torch's AdamW as it is.
+    """
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=device.type == "cuda" or None)
+
+
 class NonFiniteLoss(RuntimeError):
     """Too many consecutive micro-batches with a non-finite loss."""

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from data.clip import as_model_input
-from launch.loop import LoopState, NonFiniteLoss, all_ranks_finite, lr_at, step_seed
+from launch.loop import LoopState, NonFiniteLoss, adamw, all_ranks_finite, lr_at, step_seed
 from pretrain.config import Derived, PretrainConfig
 from pretrain.loss import reconstruction_loss
 from pretrain.masking import random_mask, running_cell_mask, tube_mask
@@ -31,14 +31,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig, lr: float, device: torch.device):
-    """Fused Adam on CUDA (DeepSpeed's), torch AdamW elsewhere; the same update rule either way."""
-    groups = param_groups(model, cfg.weight_decay)
-    betas = tuple(cfg.betas)
-    if device.type == "cuda":
-        from deepspeed.ops.adam import FusedAdam
-
-        return FusedAdam(groups, lr=lr, betas=betas, adam_w_mode=True)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    """AdamW over `param_groups` (fused on CUDA, see `launch.loop.adamw`)."""
+    return adamw(param_groups(model, cfg.weight_decay), lr, cfg.betas, device)
 
 
 def make_masks(cfg: PretrainConfig, batch: int, grid: tuple[int, int, int], seed: int

@@ -123,3 +123,11 @@ def test_launcher_detection(env, expected):
     assert (info.launcher, info.rank, info.local_rank, info.world_size) == expected
     if info.launcher == "slurm":
         assert info.master_addr == "gpu07" and info.master_port == 20000 + 1234
+
+
+def test_adamw_is_fused_on_cuda_only():
+    from launch.loop import adamw
+
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(3))], "weight_decay": 0.05}]
+    assert adamw(groups, 1e-3, (0.9, 0.95), torch.device("cuda", 0)).defaults["fused"] is True
+    assert not adamw(groups, 1e-3, (0.9, 0.95), torch.device("cpu")).defaults["fused"]
