@@ -22,6 +22,8 @@ SLURM_DIR = Path(os.environ.get("TIMEMAE_SLURM_DIR", "/tmp/timemae-slurm"))
 CLUSTER = ["bash", str(ROOT / "tests" / "slurm_cluster.sh")]
 TINY = ["--model", "vit_tiny", "--input-size", "32", "--num-frames", "4", "--grid-n", "2", "--mask-ratio", "0.75",
         "--batch-size", "2", "--num-workers", "0", "--log-every", "1", "--shuffle-buffer", "8", "--recon-every", "0"]
+FT_TINY = ["--model", "vit_tiny", "--input-size", "32", "--num-frames", "4", "--grid-n", "2", "--batch-size", "2",
+           "--num-workers", "0", "--log-every", "1", "--shuffle-buffer", "8"]
 TWO_TASKS = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1"]
 
 
@@ -70,8 +72,9 @@ def job_output(out_dir: Path) -> str:
 
 
 def logged_steps(run: Path) -> list[int]:
-    """Steps in log.jsonl, in the order they were logged (across restarts)."""
-    return [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    """Training steps in log.jsonl, in the order they were logged (across restarts; evaluation records left out)."""
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    return [r["step"] for r in records if r.get("kind", "train") == "train"]
 
 
 def rank_map(text: str) -> list[tuple[int, int]]:
@@ -95,9 +98,11 @@ def test_two_ranks_with_srun(slurm_env, tmp_path):
     assert "Traceback" not in text
 
 
-def test_warning_signal_checkpoints_requeues_and_the_job_continues(slurm_env, tmp_path):
+@pytest.mark.parametrize("script", ["pretrain.sbatch", "finetune.sbatch"])
+def test_warning_signal_checkpoints_requeues_and_the_job_continues(slurm_env, tmp_path, script):
     run, total = tmp_path / "run", 20
-    proc = sbatch(slurm_env, "pretrain.sbatch", TWO_TASKS, [*TINY, "--max-steps", str(total), "--save-every", "1000"],
+    flags = TINY if script == "pretrain.sbatch" else [*FT_TINY, "--eval-every", "1000"]
+    proc = sbatch(slurm_env, script, TWO_TASKS, [*flags, "--max-steps", str(total), "--save-every", "1000"],
                   tmp_path, background=True, extra_env={"TIMEMAE_OUTPUT_DIR": str(run)})
     try:
         deadline = time.time() + 300
@@ -149,10 +154,6 @@ def test_deepspeed_launcher_variant_generates_its_hostfile(slurm_env, tmp_path):
     assert logged_steps(run) == [1, 2]
     ckpt = run / "checkpoints" / "step_00000002"
     assert (ckpt / "rng_rank0.pt").is_file() and (ckpt / "rng_rank1.pt").is_file() and (ckpt / "COMPLETE").is_file()
-
-
-FT_TINY = ["--model", "vit_tiny", "--input-size", "32", "--num-frames", "4", "--grid-n", "2", "--batch-size", "2",
-           "--num-workers", "0", "--log-every", "1", "--shuffle-buffer", "8"]
 
 
 def test_finetune_two_ranks_with_srun(slurm_env, tmp_path):
