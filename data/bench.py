@@ -10,8 +10,10 @@ threads), so "per core" holds on a busy machine too:
   timeout guard, `data.clip.make_frames` with the training spec (multi-scale crop, resize into the cells, TIME grid),
   giving the uint8 clip the training scripts' loaders yield. Normalisation to float happens on the training device
   (`data.clip.normalize_clip` in `pretrain.engine`); the ``float`` rows (N = 2 shards) include it on the loader's
-  CPU instead, which is what a loader with ``output="float"`` costs. Reading the sample out of its tar is not in
-  either; it is printed once per shard below the table.
+  CPU instead, which is what a loader with ``output="float"`` costs; the ``fine-tune`` rows (N = 2 shards) build
+  fine-tuning's training clip with its default augmentation (random resized crop, RandAugment
+  ``rand-m7-n4-mstd0.5-inc1``, random erasing 0.25). Reading the sample out of its tar is not in either; it is
+  printed once per shard below the table.
 
 Rows, for every video:
 
@@ -52,7 +54,7 @@ import torch
 from av.video.reformatter import VideoReformatter
 from PIL import Image
 
-from data import decode, sampling, shards, stream, transforms
+from data import augment, decode, sampling, shards, stream, transforms
 from data.clip import ClipSpec
 from data.errors import UserError
 from data.manifest import Record
@@ -472,18 +474,22 @@ def _video_rows(
         rows.append(run_row(row, lambda s=spec: time_clips(original, ext, s, 1, rng), clips, row_seconds))
     configs = [(n, 1, gop, "uint8") for n in args.grid_n]
     if 2 in args.grid_n:
-        configs += [(2, 1, gop, "float")]
+        configs += [(2, 1, gop, "float"), (2, 1, gop, "finetune")]
         configs += [(2, k, gop, "uint8") for k in args.samples_per_decode if k != 1]
     if args.gop_sweep:
         configs += [(2, 1, g, "uint8") for g in SWEEP_GOPS if g != gop]
     made: dict[tuple[int, int], tuple[bytes, str]] = {}
-    for n, k, g, output in configs:
+    for n, k, g, kind in configs:
         side = auto_short_side(n)
         if (side, g) not in made:
             made[side, g] = _make_shard(video, work, side, g, notes)
         data, source = made[side, g]
         spec = ClipSpec(num_frames=NUM_FRAMES, grid_n=n, input_size=INPUT_SIZE)
-        config = f"TIME N={n}" + (f" K={k}" if k > 1 else "") + (" float" if output == "float" else "")
+        if kind == "finetune":  # the fine-tuning defaults' training clip (finetune.config)
+            spec = dataclasses.replace(spec, crop="rrc", rand_augment=augment.OFFICIAL, erase_prob=0.25)
+        output = "float" if kind == "float" else "uint8"
+        suffix = {"float": " float", "finetune": " fine-tune"}.get(kind, "")
+        config = f"TIME N={n}" + (f" K={k}" if k > 1 else "") + suffix
         row = Row(label, source, config, name=video.name, shard_gop=g, baseline=base)
         rows.append(
             run_row(

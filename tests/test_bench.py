@@ -35,12 +35,12 @@ def test_quick_run_prints_the_whole_table(tmp_path):
         assert column in header
     rows = [line for line in lines if line.startswith(("tiny", "00000000"))]
     # 3 videos (the file, its 240p and 720p re-encodes) x (baseline + 3 N from the file + 3 N from shards + N=2 float
-    # + K=2, 4), and the given shard's one sample x 3 N.
-    assert len(rows) == 3 * 10 + 3
+    # + N=2 fine-tune + K=2, 4), and the given shard's one sample x 3 N.
+    assert len(rows) == 3 * 11 + 3
     names = {row.split()[0] for row in rows}
     assert names == {"tiny", "tiny_240p", "tiny_720p", "00000000-tiny"}
-    for config in ("VideoMAE 16x4 PIL", "TIME N=1", "TIME N=2", "TIME N=4", "TIME N=2 float", "TIME N=2 K=2",
-                   "TIME N=2 K=4"):
+    for config in ("VideoMAE 16x4 PIL", "TIME N=1", "TIME N=2", "TIME N=4", "TIME N=2 float", "TIME N=2 fine-tune",
+                   "TIME N=2 K=2", "TIME N=2 K=4"):
         assert any(config in row for row in rows), config
     assert any("shards s128 g1" in row for row in rows) and any("shards s64 g1" in row for row in rows)
     targets = [line for line in lines if line.startswith("target:")]
