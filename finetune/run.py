@@ -183,15 +183,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ckpt = CheckpointManager(cfg.output_dir, rank=info.rank, keep_last=cfg.keep_last)
     resume_dir = ckpt.find(cfg.resume)
-    same_world = False
+    same_world = ckpt.prepare_resume(resume_dir, model, world_size=info.world_size, zero_stage=cfg.zero_stage,
+                                     log=log.info, consolidated=cfg.eval_only)  # --eval-only has no engine to load into
     if resume_dir:
-        saved = CheckpointManager.read_info(resume_dir)
-        same_world = saved.get("world_size") == info.world_size and saved.get("zero_stage") == cfg.zero_stage
-        if not same_world or cfg.eval_only:
-            model.load_state_dict(CheckpointManager.consolidated_weights(resume_dir))
-            log.info(f"resuming from {resume_dir} with consolidated fp32 weights (saved with "
-                     f"{saved.get('world_size')} ranks / ZeRO-{saved.get('zero_stage')}, now {info.world_size} / "
-                     f"ZeRO-{cfg.zero_stage}): the optimizer moments start afresh")
         if cfg.init_from:
             log.info(f"--init-from {cfg.init_from} not loaded: the weights come from the checkpoint")
     elif cfg.init_from:
@@ -210,11 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                                         world_size=info.world_size, precision=precision, zero_stage=cfg.zero_stage,
                                         clip_grad=cfg.clip_grad), cfg.ds_config)
     if info.is_main:
-        os.makedirs(cfg.output_dir, exist_ok=True)
-        config_lib.dump_yaml(cfg, os.path.join(cfg.output_dir, "config.yaml"))
-        atomic_write_text(os.path.join(cfg.output_dir, "ds_config.json"), json.dumps(ds_cfg, indent=2) + "\n")
-        atomic_write_text(os.path.join(cfg.output_dir, "derived.json"),
-                          json.dumps(dataclasses.asdict(d), indent=2) + "\n")
+        config_lib.write_run_files(cfg.output_dir, cfg, ds_cfg, d)
     log.info(f"global batch {d.global_batch} = {cfg.batch_size} x {cfg.accum_steps} accum x {d.world_size} ranks; "
              f"lr {d.lr:.3e} (base {cfg.base_lr:.3e} x {d.global_batch}/256, layer decay {cfg.layer_decay}), min lr "
              f"{d.min_lr:.3e}; {d.total_steps} steps ({d.steps_per_epoch}/epoch, warm-up {d.warmup_steps}); "
@@ -228,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     state = eng.LoopState()
     best = {"top1": -1.0, "step": 0}
     if resume_dir:
-        client = ckpt.load(engine, resume_dir)["timemae"] if same_world else CheckpointManager.client_state(resume_dir)
+        client = ckpt.resume_state(engine, resume_dir, same_world)
         state.step, state.micro_batches = int(client["step"]), int(client["micro_batches"])
         best.update(client.get("best", {}))
         state.last_good_checkpoint = resume_dir

@@ -20,6 +20,7 @@ import os
 import pickle
 import random
 import shutil
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -116,6 +117,32 @@ class CheckpointManager:
                 "<output-dir>/checkpoints, or --resume auto"
             )
         return folder
+
+    def prepare_resume(self, folder: str | None, model: torch.nn.Module, *, world_size: int, zero_stage: int,
+                       log: Callable[[str], None], consolidated: bool = False) -> bool:
+        """Before ``deepspeed.initialize``: whether DeepSpeed's own load can resume ``folder`` (from `find`).
+
+        That needs the world size and ZeRO stage it was saved with. Otherwise, or with ``consolidated``, the
+        consolidated fp32 weights go into ``model`` now, the optimizer moments start afresh, and ``log`` says so.
+
+        Returns:
+            True when `resume_state` should use DeepSpeed's load; False without ``folder``.
+        """
+        if not folder:
+            return False
+        saved = self.read_info(folder)
+        same_world = saved.get("world_size") == world_size and saved.get("zero_stage") == zero_stage
+        if not same_world or consolidated:
+            model.load_state_dict(self.consolidated_weights(folder))
+            log(f"resuming from {folder} with consolidated fp32 weights (saved with {saved.get('world_size')} ranks / "
+                f"ZeRO-{saved.get('zero_stage')}, now {world_size} / ZeRO-{zero_stage}): the optimizer moments start "
+                "afresh")
+        return same_world
+
+    def resume_state(self, engine, folder: str, same_world: bool) -> dict:
+        """After ``deepspeed.initialize``: the run's client state (``"timemae"``), restoring everything DeepSpeed
+        saved (optimizer, loss scaler) and this rank's RNG states when `prepare_resume` said it can."""
+        return self.load(engine, folder)["timemae"] if same_world else self.client_state(folder)
 
     @staticmethod
     def read_info(folder: str) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import types
 import typing
@@ -149,3 +150,15 @@ def to_dict(cfg: Any) -> dict:
 def dump_yaml(cfg: Any, path: str) -> None:
     with open(path, "w") as fh:
         yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
+
+
+def write_run_files(output_dir: str, cfg: Any, ds_config: dict, derived: Any) -> None:
+    """The run folder's record of a run (rank 0 only): ``config.yaml`` (the resolved flags), ``ds_config.json`` and
+    ``derived.json`` (the values computed from them: global batch, lr, steps, ...)."""
+    from launch.checkpoint import atomic_write_text
+
+    os.makedirs(output_dir, exist_ok=True)
+    dump_yaml(cfg, os.path.join(output_dir, "config.yaml"))
+    atomic_write_text(os.path.join(output_dir, "ds_config.json"), json.dumps(ds_config, indent=2) + "\n")
+    atomic_write_text(os.path.join(output_dir, "derived.json"), json.dumps(dataclasses.asdict(derived), indent=2)
+                      + "\n")

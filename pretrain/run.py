@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from data.errors import UserError  # noqa: E402
 from launch import config as config_lib  # noqa: E402
 from launch import distributed  # noqa: E402
-from launch.checkpoint import CheckpointManager, atomic_write_text  # noqa: E402
+from launch.checkpoint import CheckpointManager  # noqa: E402
 from launch.ds_config import make_ds_config, merge_extra, resolve_precision  # noqa: E402
 from launch.logger import RunLogger  # noqa: E402
 from pretrain import engine as eng  # noqa: E402
@@ -127,25 +127,14 @@ def main(argv: list[str] | None = None) -> int:
 
     ckpt = CheckpointManager(cfg.output_dir, rank=info.rank, keep_last=cfg.keep_last)
     resume_dir = ckpt.find(cfg.resume)
-    same_world = False
-    if resume_dir:
-        saved = CheckpointManager.read_info(resume_dir)
-        same_world = saved.get("world_size") == info.world_size and saved.get("zero_stage") == cfg.zero_stage
-        if not same_world:
-            model.load_state_dict(CheckpointManager.consolidated_weights(resume_dir))
-            log.info(f"resuming from {resume_dir} with consolidated fp32 weights (saved with "
-                     f"{saved.get('world_size')} ranks / ZeRO-{saved.get('zero_stage')}, now {info.world_size} / "
-                     f"ZeRO-{cfg.zero_stage}): the optimizer moments start afresh")
+    same_world = ckpt.prepare_resume(resume_dir, model, world_size=info.world_size, zero_stage=cfg.zero_stage,
+                                     log=log.info)
 
     ds_cfg = merge_extra(make_ds_config(micro_batch=cfg.batch_size, accum_steps=cfg.accum_steps,
                                         world_size=info.world_size, precision=precision, zero_stage=cfg.zero_stage,
                                         clip_grad=cfg.clip_grad), cfg.ds_config)
     if info.is_main:
-        os.makedirs(cfg.output_dir, exist_ok=True)
-        config_lib.dump_yaml(cfg, os.path.join(cfg.output_dir, "config.yaml"))
-        atomic_write_text(os.path.join(cfg.output_dir, "ds_config.json"), json.dumps(ds_cfg, indent=2) + "\n")
-        atomic_write_text(os.path.join(cfg.output_dir, "derived.json"),
-                          json.dumps(dataclasses.asdict(d), indent=2) + "\n")
+        config_lib.write_run_files(cfg.output_dir, cfg, ds_cfg, d)
     log.info(f"global batch {d.global_batch} = {cfg.batch_size} x {cfg.accum_steps} accum x {d.world_size} ranks; "
              f"lr {d.lr:.3e} (base {cfg.base_lr:.3e} x {d.global_batch}/256), min lr {d.min_lr:.3e}; "
              f"{d.total_steps} steps ({d.steps_per_epoch}/epoch, warm-up {d.warmup_steps}); precision {precision}; "
@@ -157,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
     state = eng.LoopState()
     if resume_dir:
-        client = ckpt.load(engine, resume_dir)["timemae"] if same_world else CheckpointManager.client_state(resume_dir)
+        client = ckpt.resume_state(engine, resume_dir, same_world)
         state.step, state.micro_batches = int(client["step"]), int(client["micro_batches"])
         state.last_good_checkpoint = resume_dir
         log.info(f"resumed at step {state.step} from {resume_dir}")
