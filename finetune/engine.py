@@ -21,10 +21,9 @@ import torch.nn.functional as F
 
 from data.clip import as_model_input
 from finetune.config import Derived, FinetuneConfig
-from launch.loop import LoopState, NonFiniteLoss, adamw, lr_at, step_seed
+from launch.loop import LoopState, adamw, lr_at, step_seed
 
-__all__ = ["LoopState", "NonFiniteLoss", "evaluate", "layer_decay_groups", "make_optimizer", "mix_batch",
-           "soft_cross_entropy", "train_step"]
+__all__ = ["evaluate", "layer_decay_groups", "make_optimizer", "mix_batch", "soft_cross_entropy", "train_step"]
 
 
 def layer_decay_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
@@ -150,19 +149,9 @@ def train_step(engine, batches: Iterator[dict], cfg: FinetuneConfig, d: Derived,
                               cutmix=cfg.cutmix, switch_prob=cfg.mixup_switch_prob, rng=rng)
         logits = engine(x.to(dtype))
         loss = soft_cross_entropy(logits, target)
-        finite = _all_reduce_sum([0.0 if torch.isfinite(loss) else 1.0], device)[0] == 0.0
-        if not finite:
+        if not state.loss_is_finite(loss, cfg.max_bad_steps):
             skipped += 1
-            state.bad_steps += 1
-            state.skipped_steps += 1
-            if state.bad_steps >= cfg.max_bad_steps:
-                raise NonFiniteLoss(
-                    f"{state.bad_steps} micro-batches in a row gave a non-finite loss at step {state.step}; "
-                    f"last good checkpoint: {state.last_good_checkpoint or 'none'} (lower --base-lr, or set "
-                    "--clip-grad, and resume from it)"
-                )
             continue
-        state.bad_steps = 0
         engine.backward(loss)
         if engine.is_gradient_accumulation_boundary():
             own_norm = _grad_norm(engine.module) if d.zero_stage == 0 and d.precision == "fp32" else None

@@ -35,6 +35,7 @@ from launch import distributed  # noqa: E402
 from launch.checkpoint import CheckpointManager, atomic_write_text  # noqa: E402
 from launch.ds_config import make_ds_config, merge_extra, resolve_precision  # noqa: E402
 from launch.logger import RunLogger  # noqa: E402
+from launch.loop import LoopState, NonFiniteLoss  # noqa: E402
 
 DEMO_DIR = os.environ.get("TIMEMAE_DEMO_DIR", os.path.join("runs", "demo"))
 
@@ -215,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
 
     optimizer = eng.make_optimizer(model, cfg, d.lr, device)
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
-    state = eng.LoopState()
+    state = LoopState()
     best = {"top1": -1.0, "step": 0}
     if resume_dir:
         client = ckpt.resume_state(engine, resume_dir, same_world)
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                 if info.is_main:
                     log.info(requeue())
                 return 0
-    except eng.NonFiniteLoss as err:
+    except NonFiniteLoss as err:
         log.info(f"stopping: {err}")
         return 1
     finally:

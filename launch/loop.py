@@ -45,6 +45,26 @@ class LoopState:
     skipped_steps: int = 0  # all steps skipped for a non-finite loss
     last_good_checkpoint: str = ""
 
+    def loss_is_finite(self, loss: torch.Tensor, max_bad_steps: int) -> bool:
+        """Whether to use this micro-batch: its loss is finite on every rank (a collective).
+
+        A non-finite loss anywhere makes every rank skip the micro-batch (no backward, no step, so the ranks and
+        DeepSpeed's micro-step counter stay in step); it is counted, and `NonFiniteLoss` stops the run after
+        ``max_bad_steps`` in a row, naming the last good checkpoint.
+        """
+        if all_ranks_finite(loss):
+            self.bad_steps = 0
+            return True
+        self.bad_steps += 1
+        self.skipped_steps += 1
+        if self.bad_steps >= max_bad_steps:
+            raise NonFiniteLoss(
+                f"{self.bad_steps} micro-batches in a row gave a non-finite loss at step {self.step}; last good "
+                f"checkpoint: {self.last_good_checkpoint or 'none'} (lower --base-lr, or set --clip-grad, and resume "
+                "from it)"
+            )
+        return False
+
 
 def all_ranks_finite(loss: torch.Tensor) -> bool:
     """True when ``loss`` is finite on every rank (a collective when distributed: every rank must call it)."""

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from data.clip import as_model_input
-from launch.loop import LoopState, NonFiniteLoss, adamw, all_ranks_finite, lr_at, step_seed
+from launch.loop import LoopState, adamw, lr_at, step_seed
 from pretrain.config import Derived, PretrainConfig
 from pretrain.loss import reconstruction_loss
 from pretrain.masking import random_mask, running_cell_mask, tube_mask
@@ -74,18 +74,9 @@ def train_step(engine, batches: Iterator[dict], cfg: PretrainConfig, d: Derived,
         # The target comes from the fp32 input, whatever the compute precision (spec: loss in fp32).
         loss = reconstruction_loss(pred, x, mask, patch_size=module.patch_size, tubelet_size=module.tubelet_size,
                                    normalize_target=cfg.norm_pix_loss, decoder_mask=decoder_mask)
-        if not all_ranks_finite(loss):
+        if not state.loss_is_finite(loss, cfg.max_bad_steps):
             skipped += 1
-            state.bad_steps += 1
-            state.skipped_steps += 1
-            if state.bad_steps >= cfg.max_bad_steps:
-                raise NonFiniteLoss(
-                    f"{state.bad_steps} micro-batches in a row gave a non-finite loss at step {state.step}; "
-                    f"last good checkpoint: {state.last_good_checkpoint or 'none'} (lower --base-lr, or set "
-                    "--clip-grad, and resume from it)"
-                )
             continue
-        state.bad_steps = 0
         engine.backward(loss)
         engine.step()
         losses.append(float(loss.detach()))

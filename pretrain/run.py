@@ -29,6 +29,7 @@ from launch import distributed  # noqa: E402
 from launch.checkpoint import CheckpointManager  # noqa: E402
 from launch.ds_config import make_ds_config, merge_extra, resolve_precision  # noqa: E402
 from launch.logger import RunLogger  # noqa: E402
+from launch.loop import LoopState, NonFiniteLoss  # noqa: E402
 from pretrain import engine as eng  # noqa: E402
 from pretrain.config import PretrainConfig, derive  # noqa: E402
 
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
     optimizer = eng.make_optimizer(model, cfg, d.lr, device)
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
-    state = eng.LoopState()
+    state = LoopState()
     if resume_dir:
         client = ckpt.resume_state(engine, resume_dir, same_world)
         state.step, state.micro_batches = int(client["step"]), int(client["micro_batches"])
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 if info.is_main:
                     log.info(requeue())
                 return 0
-    except eng.NonFiniteLoss as err:
+    except NonFiniteLoss as err:
         log.info(f"stopping: {err}")
         return 1
     finally:

@@ -131,3 +131,17 @@ def test_adamw_is_fused_on_cuda_only():
     groups = [{"params": [torch.nn.Parameter(torch.zeros(3))], "weight_decay": 0.05}]
     assert adamw(groups, 1e-3, (0.9, 0.95), torch.device("cuda", 0)).defaults["fused"] is True
     assert not adamw(groups, 1e-3, (0.9, 0.95), torch.device("cpu")).defaults["fused"]
+
+
+def test_loop_state_skips_non_finite_losses_then_stops():
+    from launch.loop import LoopState, NonFiniteLoss
+
+    state = LoopState(step=7, last_good_checkpoint="runs/x/checkpoints/step_00000005")
+    assert not state.loss_is_finite(torch.tensor(float("nan")), 3)
+    assert state.loss_is_finite(torch.tensor(1.0), 3) and state.bad_steps == 0  # a good one resets the run of bad
+    assert not state.loss_is_finite(torch.tensor(float("inf")), 3)
+    assert not state.loss_is_finite(torch.tensor(float("nan")), 3)
+    with pytest.raises(NonFiniteLoss, match="3 micro-batches in a row .* at step 7; last good checkpoint: "
+                                            "runs/x/checkpoints/step_00000005"):
+        state.loss_is_finite(torch.tensor(float("nan")), 3)
+    assert state.skipped_steps == 4
