@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from models.linear import Linear, linear
 
 LN_EPS = 1e-6
 ATTN_IMPLS = ("sdpa", "eager")
@@ -213,14 +214,14 @@ class Attention(nn.Module):
         self.scale = (dim // num_heads) ** -0.5
         self.attn_impl = attn_impl
         self.attn_drop = attn_drop
-        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        self.qkv = Linear(dim, dim * 3, bias=False)
         if qkv_bias:
             self.q_bias = nn.Parameter(torch.zeros(dim))
             self.v_bias = nn.Parameter(torch.zeros(dim))
         else:
             self.register_parameter("q_bias", None)
             self.register_parameter("v_bias", None)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -228,7 +229,7 @@ class Attention(nn.Module):
         if self.q_bias is not None:
             # The key has no bias: (q_bias, 0, v_bias), as in the release.
             bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias, requires_grad=False), self.v_bias])
-        qkv = F.linear(x, self.qkv.weight, bias)  # (B, N, 3D)
+        qkv = linear(x, self.qkv.weight, bias)  # (B, N, 3D)
         qkv = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
         return qkv[0], qkv[1], qkv[2]
 
@@ -255,9 +256,9 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, drop: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -524,7 +525,7 @@ class VideoMAEPretrain(nn.Module):
             num_frames=num_frames, tubelet_size=tubelet_size, final_norm=True, attn_impl=attn_impl,
             use_checkpoint=use_checkpoint,
         )  # fmt: skip
-        self.encoder_to_decoder = nn.Linear(encoder_embed_dim, decoder_embed_dim, bias=False)
+        self.encoder_to_decoder = Linear(encoder_embed_dim, decoder_embed_dim, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.decoder = nn.Module()
         self.decoder.blocks = _make_blocks(
@@ -532,7 +533,7 @@ class VideoMAEPretrain(nn.Module):
             drop_path_rate, init_values, attn_impl,
         )  # fmt: skip
         self.decoder.norm = nn.LayerNorm(decoder_embed_dim, eps=LN_EPS)
-        self.decoder.head = nn.Linear(decoder_embed_dim, target_dim)
+        self.decoder.head = Linear(decoder_embed_dim, target_dim)
         self.decoder_embed_dim = decoder_embed_dim
         self.num_classes = target_dim
         self.grad_checkpointing = use_checkpoint
@@ -647,7 +648,7 @@ class VideoMAEPretrain(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """Replace the decoder's output layer: ``num_classes`` values per predicted token (another target)."""
         self.num_classes = num_classes
-        head = nn.Linear(self.decoder_embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        head = Linear(self.decoder_embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         head.apply(_init_xavier)
         self.decoder.head = head.to(self.mask_token.device)
 
@@ -734,7 +735,7 @@ class VideoMAEClassifier(VideoMAEEncoder):
         self._scale_head()
 
     def _new_head(self, num_classes: int) -> nn.Module:
-        return nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        return Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
 
     def _scale_head(self) -> None:
         if isinstance(self.head, nn.Linear):
