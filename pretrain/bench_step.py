@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from data.errors import UserError
+from models import linear
 from models.registry import MODELS, build_pretrain, get_size
 from models.videomae import ATTN_IMPLS
 from pretrain.loss import reconstruction_loss
@@ -356,6 +357,9 @@ def run(args: argparse.Namespace) -> int:
         f"{first.repeats} timed steps per configuration, s/step = median over the timed steps"
     )
     print(f"memory: {memory}; peak = during the steps, +step = peak minus what was resident before them")
+    if device.type == "cpu":
+        gemm = "oneDNN (models.linear)" if linear.ENABLED else "F.linear (MKL; TIMEMAE_ONEDNN_LINEAR=0)"
+        print(f"linear layers: {gemm}; the same on both attention paths")
     # Other processes on the machine stretch wall-clock steps: the load average and the min/max show how much.
     print(f"load average (1 min) at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     rounds: dict[StepConfig, list[StepResult]] = {cfg: [] for cfg in configs}
