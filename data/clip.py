@@ -8,7 +8,8 @@
       --resize to H* x W* if N does not divide it--> (T*, H*, W*, 3) uint8          `make_frames` (data loaders)
       --normalise (on the training device)--> (3, T*, H*, W*) float                 `normalize_clip`
 
-All randomness comes in through the ``rng`` argument; `ClipSpec` holds no state.
+Without RandAugment and random erasing, `make_frames` resizes and builds the grid in one go (`_resize_into_grid`,
+the same pixels). All randomness comes in through the ``rng`` argument; `ClipSpec` holds no state.
 """
 
 from __future__ import annotations
@@ -133,13 +134,27 @@ class ClipSpec:
         return 2 * math.ceil(need / 2)
 
 
-def sample_indices(num_video_frames: int, spec: ClipSpec, rng: np.random.Generator | None) -> np.ndarray:
-    """Sorted source-frame indices for one clip: (L,) int64 (see `data.sampling`)."""
+def sample_indices(num_video_frames: int, spec: ClipSpec, rng: sampling.Random | None) -> np.ndarray:
+    """Sorted source-frame indices for one clip: (L,) int64 (see `data.sampling`).
+
+    ``rng`` is a generator, or `sampling_uniforms` drawn in advance for this clip.
+    """
     if spec.sampling == "stride":
         return sampling.stride_indices(
             num_video_frames, spec.num_frames, spec.sampling_rate, train=spec.train, rng=rng, view=spec.view
         )
     return sampling.segment_indices(num_video_frames, spec.num_source_frames, train=spec.train, rng=rng, view=spec.view)
+
+
+def sampling_uniforms(spec: ClipSpec, rng: np.random.Generator | None, count: int) -> np.ndarray | None:
+    """The randomness of ``count`` `sample_indices` calls drawn now: (count, n) uniforms in [0, 1), row k for call k.
+
+    None when the spec samples deterministically (evaluation), which draws nothing.
+    """
+    if not spec.train:
+        return None
+    per_call = spec.num_source_frames if spec.sampling == "segment" else 1  # stride sampling draws only its start
+    return rng.random((count, per_call))
 
 
 def _boxes(height: int, width: int, spec: ClipSpec, rng: np.random.Generator | None) -> list[transforms.Box]:
@@ -169,6 +184,8 @@ def make_frames(frames: np.ndarray | torch.Tensor, spec: ClipSpec, rng: np.rando
     a uint8 clip is a quarter of the bytes of a float one to write, to hand from a loader worker to the trainer and
     to copy to the GPU, and normalising there costs next to nothing. Channel-last layout throughout: the resize
     writes channel-last pixels, and the TIME grid then moves whole cell rows (w x 3 bytes) instead of single bytes.
+    Decoded numpy frames stay numpy up to the grid copy: a loader worker runs this with its caches cold from decoding,
+    where every torch call skipped saves tens of microseconds.
 
     Args:
         frames: (L, H, W, 3) uint8, the frames at `sample_indices` in order.
@@ -178,38 +195,87 @@ def make_frames(frames: np.ndarray | torch.Tensor, spec: ClipSpec, rng: np.rando
     Returns:
         (T*, H*, W*, 3) uint8; for ``crop="three"``, (3 views, T*, H*, W*, 3).
     """
-    x = to_frames_tensor(frames)
+    uint8 = frames.dtype == (np.uint8 if isinstance(frames, np.ndarray) else torch.uint8)
+    if not uint8 or frames.ndim != 4:
+        raise ValueError(f"expected (L, H, W, C) uint8 frames, got {tuple(frames.shape)} {frames.dtype}")
     expected = spec.num_frames if spec.sampling == "stride" else spec.num_source_frames
-    if x.shape[0] != expected:
-        raise ValueError(f"got {x.shape[0]} frames, the clip spec needs {expected}")
+    if frames.shape[0] != expected:
+        raise ValueError(f"got {frames.shape[0]} frames, the clip spec needs {expected}")
     train = spec.train and rng is not None
+    pixels = frames  # (L, H, W, 3), numpy or torch
     if train and spec.rotation:
-        x = transforms.rotate(x, float(rng.uniform(-spec.rotation, spec.rotation)))
+        angle = float(rng.uniform(-spec.rotation, spec.rotation))
+        pixels = transforms.rotate(to_frames_tensor(frames), angle).permute(0, 2, 3, 1)
     flip = train and spec.flip and rng.random() < 0.5
-    boxes = _boxes(x.shape[-2], x.shape[-1], spec, rng if train else None)
+    boxes = _boxes(pixels.shape[1], pixels.shape[2], spec, rng if train else None)
     cell_aug = None
     if train and (spec.rand_augment or spec.erase_prob):  # drawn after the crop: turning it on keeps the crops
-        cell_aug = augment.draw_clip_augment(spec.rand_augment, spec.erase_prob, x.shape[0], spec.cell, rng,
+        cell_aug = augment.draw_clip_augment(spec.rand_augment, spec.erase_prob, frames.shape[0], spec.cell, rng,
                                              spec.mean, spec.std)
     views = []
-    for box in boxes:
-        v = transforms.resize(transforms.crop(x, box), spec.cell)  # (L, 3, h, w), one cell per frame
-        if flip:
-            v = transforms.hflip(v)
-        if cell_aug is not None:
-            # On the cells, not the source frames: a fraction of the pixels to process (1/N^2 of the output area per
-            # frame), and the same transformation for the photometric ops and for the geometric ones, whose angles,
-            # shears and translations are relative to the frame size (only the 3x3 sharpness kernel is per pixel).
-            # Back to channels-last (the ops may return channel-first): the grid copy then moves whole cell rows.
-            v = augment.apply_clip_augment(v, cell_aug).contiguous(memory_format=torch.channels_last)
-        g = _grid_channels_last(v.permute(0, 2, 3, 1), spec.grid_n, spec.num_frames, spec.arrangement)
+    for top, left, height, width in boxes:
+        crop = pixels[:, top : top + height, left : left + width]  # a view
+        if cell_aug is None and spec.grid_n > 1:  # else: the augmentation needs the cells apart, N = 1 has no grid
+            g = _resize_into_grid(crop, spec)
+            if flip:
+                g = _flip_cells(g, spec.grid_n)
+        else:
+            v = transforms.resize(to_frames_tensor(crop), spec.cell)  # (L, 3, h, w), one cell per frame
+            if flip:
+                v = transforms.hflip(v)
+            if cell_aug is not None:
+                # On the cells, not the source frames: a fraction of the pixels to process (1/N^2 of the output area
+                # per frame), and the same transformation for the photometric ops and for the geometric ones, whose
+                # angles, shears and translations are relative to the frame size (only the 3x3 sharpness kernel is
+                # per pixel). Back to channels-last (the ops may return channel-first): the grid copy then moves
+                # whole cell rows.
+                v = augment.apply_clip_augment(v, cell_aug).contiguous(memory_format=torch.channels_last)
+            g = _grid_channels_last(v.permute(0, 2, 3, 1), spec.grid_n, spec.num_frames, spec.arrangement)
         if tuple(g.shape[1:3]) != spec.size:  # N does not divide H* / W*: one more resize of the whole grid
             g = transforms.resize(g.permute(0, 3, 1, 2), spec.size).permute(0, 2, 3, 1)
         views.append(g)  # (T*, H*, W*, 3)
     return views[0].contiguous() if spec.crop != "three" else torch.stack(views)
 
 
-def _grid_channels_last(cells: torch.Tensor, grid_n: int, num_frames: int, arrangement: str) -> torch.Tensor:
+def _resize_into_grid(crops: np.ndarray | torch.Tensor, spec: ClipSpec) -> torch.Tensor:
+    """`transforms.resize` into the cells and `_grid_channels_last`, the same pixels for one copy less.
+
+    The antialiased resize is separable: torch resizes every row (horizontal pass), then every column of that result
+    (vertical pass), with uint8 pixels in between, and each output row or column depends only on its own input row or
+    column. So the cropped frames are copied into the grid arrangement first (at their own size), the horizontal
+    pass runs on all cell rows at once, seen as one image of rows w' pixels wide, and the vertical pass on the grid's
+    rows of N cells side by side, seen as T* N images of h' x N w pixels: it writes the finished grid, where resizing
+    first would write the cells and then copy them into the grid (0.2 ms per N = 2 clip).
+
+    Args:
+        crops: (L, h', w', C) uint8, any strides (the frames cropped: a view).
+        spec: the clip, with N > 1.
+
+    Returns:
+        (T*, N h, N w, C) uint8, contiguous: the grid of the resized cells.
+    """
+    n, t = spec.grid_n, spec.num_frames
+    (h, w), (_, src_h, src_w, c) = spec.cell, crops.shape
+    g = _grid_channels_last(crops, n, t, spec.arrangement)  # (T*, N h', N w', C), a copy
+    if src_w != w:
+        rows = g.view(1, t * n * src_h * n, src_w, c).permute(0, 3, 1, 2)  # every cell row, as one image
+        g = transforms.resize(rows, (rows.shape[2], w)).permute(0, 2, 3, 1).reshape(t, n * src_h, n * w, c)
+    if src_h != h:
+        images = g.reshape(t * n, src_h, n * w, c).permute(0, 3, 1, 2)  # one row of the grid, N cells wide
+        g = transforms.resize(images, (h, n * w)).permute(0, 2, 3, 1).reshape(t, n * h, n * w, c)
+    return g
+
+
+def _flip_cells(grid: torch.Tensor, grid_n: int) -> torch.Tensor:
+    """Mirror every cell of a (T*, N h, N w, C) grid left-right, each in its place (`transforms.hflip` on the cells)."""
+    t, height, width, c = grid.shape
+    n = grid_n
+    return grid.view(t, n, height // n, n, width // n, c).flip(4).view(t, height, width, c)
+
+
+def _grid_channels_last(
+    cells: np.ndarray | torch.Tensor, grid_n: int, num_frames: int, arrangement: str
+) -> torch.Tensor:
     """`time_grid.to_grid` on channel-last pixels: (L, h, w, C) -> (T*, N h, N w, C) uint8, one copy.
 
     The innermost run of the copy is a whole cell row (w x C contiguous bytes); numpy's strided copy measured faster
@@ -218,14 +284,15 @@ def _grid_channels_last(cells: torch.Tensor, grid_n: int, num_frames: int, arran
     n, t = grid_n, num_frames
     _, h, w, c = cells.shape
     if n == 1:
-        return cells
-    out = torch.empty((t, n, h, n, w, c), dtype=cells.dtype)
+        return cells if isinstance(cells, torch.Tensor) else torch.from_numpy(cells)
+    src = cells.numpy() if isinstance(cells, torch.Tensor) else cells
+    out = np.empty((t, n, h, n, w, c), dtype=src.dtype)
     if arrangement == "spatial":  # source frame (r N + c) T* + t, as time_grid._TO_GRID["spatial"]
-        src, dst = cells.reshape(n, n, t, h, w, c), out.permute(1, 3, 0, 2, 4, 5)
+        src, dst = src.reshape(n, n, t, h, w, c), out.transpose(1, 3, 0, 2, 4, 5)
     else:  # temporal: source frame t N^2 + r N + c
-        src, dst = cells.reshape(t, n, n, h, w, c), out.permute(0, 1, 3, 2, 4, 5)
-    np.copyto(dst.numpy(), src.numpy())
-    return out.view(t, n * h, n * w, c)
+        src, dst = src.reshape(t, n, n, h, w, c), out.transpose(0, 1, 3, 2, 4, 5)
+    np.copyto(dst, src)
+    return torch.from_numpy(out.reshape(t, n * h, n * w, c))
 
 
 def normalize_clip(frames: torch.Tensor, mean=transforms.IMAGENET_MEAN, std=transforms.IMAGENET_STD,

@@ -42,7 +42,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data import decode
-from data.clip import ClipSpec, make_clip, make_frames, sample_indices
+from data.clip import ClipSpec, make_clip, make_frames, sample_indices, sampling_uniforms
 from data.errors import DecodeError, UserError
 from data.sampling import union_indices
 
@@ -189,7 +189,7 @@ def decode_clips(
         data: the video bytes.
         ext: what the bytes are ("mp4", "avi", "bin", ...), as ``kind`` of `data.decode.open_video`.
         spec: the clip to build; videos decode at ``spec.decode_short_side()``.
-        rng: randomness of the sampling (through a generator drawn from it) and of the augmentation.
+        rng: randomness of the sampling (uniforms drawn from it before the decode) and of the augmentation.
         modality: ``decode_modality`` of the sample.
         samples_per_decode: K.
         timeout_s: limit for opening and decoding; None = none.
@@ -204,15 +204,19 @@ def decode_clips(
     Raises:
         DecodeError: the bytes do not decode, or not in time.
     """
-    # The decode may be abandoned on timeout and go on in the background: give it its own generator.
-    sub = np.random.default_rng(int(rng.integers(2**63)))
+    # The decode may be abandoned on timeout and go on in the background, so it must not touch ``rng``: the sampling's
+    # random numbers are drawn here and handed over.
+    uniforms = sampling_uniforms(spec, rng, samples_per_decode)
 
     def work() -> tuple[list[np.ndarray], np.ndarray]:
         start = time.process_time()
         try:
             with decode.open_video(data, modality=modality, kind=ext, short_side=spec.decode_short_side()) as video:
                 opened = time.process_time()
-                draws = [sample_indices(video.num_frames, spec, sub) for _ in range(samples_per_decode)]
+                draws = [
+                    sample_indices(video.num_frames, spec, None if uniforms is None else uniforms[k])
+                    for k in range(samples_per_decode)
+                ]
                 union, positions = union_indices(draws)
                 sampled = time.process_time()
                 frames = video.get_batch(union)

@@ -1,5 +1,6 @@
 """Sampling, clip-consistent transforms and the whole frames -> clip path on frames labelled by index."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -15,6 +16,8 @@ from data.clip import (
     make_clip,
     make_frames,
     normalize_clip,
+    sample_indices,
+    sampling_uniforms,
 )
 from data.errors import UserError
 
@@ -63,6 +66,26 @@ def test_union_indices_positions():
     assert union.tolist() == [0, 1, 5, 7, 9]
     for d, p in zip(draws, pos, strict=True):
         assert union[p].tolist() == d.tolist()
+    for draw in ([3, 4, 8], [2, 2, 5], [7]):  # one draw: distinct (its own union) or with repeats
+        union, (p,) = sampling.union_indices([np.array(draw)])
+        assert union.tolist() == sorted(set(draw)) and union[p].tolist() == draw
+
+
+def test_sampling_from_uniforms_drawn_in_advance():
+    """The uniforms `sampling_uniforms` draws give the samplers' distributions, one row per call."""
+    spec = ClipSpec(num_frames=4, grid_n=2)
+    u = sampling_uniforms(spec, np.random.default_rng(0), 3)
+    assert u.shape == (3, 16) and sampling_uniforms(dataclasses.replace(spec, train=False), None, 3) is None
+    for row in u:
+        idx = sample_indices(100, spec, row)
+        start = (np.arange(16) * 100) // 16
+        assert idx.tolist() == (start + (row * ((np.arange(1, 17) * 100) // 16 - start)).astype(int)).tolist()
+    assert sampling.segment_indices(10, 16, train=True, rng=u[0]).tolist() == [i * 10 // 16 for i in range(16)]
+    stride = ClipSpec(num_frames=16, sampling="stride", sampling_rate=4)
+    assert sampling_uniforms(stride, np.random.default_rng(0), 2).shape == (2, 1)
+    starts = {int(sample_indices(100, stride, np.array([v]))[0]) for v in np.linspace(0, 1, 500, endpoint=False)}
+    assert starts == set(range(0, 100 - 61 + 1))
+    assert sample_indices(100, stride, np.array([np.nextafter(1.0, 0.0)]))[0] == 39
 
 
 # ---------------------------------------------------------------------------------------------------- clips
@@ -197,7 +220,7 @@ def _crop_and_flip(seed: int, spec: ClipSpec) -> tuple[transforms.Box, bool]:
 
 
 @pytest.mark.parametrize("arrangement", ["spatial", "temporal"])
-@pytest.mark.parametrize("n,size", [(1, 32), (2, 32), (3, 32), (2, (24, 40))])
+@pytest.mark.parametrize("n,size", [(1, 32), (2, 32), (3, 32), (2, (24, 40)), (2, 80), (2, 86)])
 def test_uint8_clip_equals_the_pure_grid_functions(arrangement, n, size):
     frames = np.random.default_rng(0).integers(0, 256, (4 * n * n, 50, 70, 3), dtype=np.uint8)
     spec = ClipSpec(num_frames=4, grid_n=n, input_size=size, arrangement=arrangement, flip=True)
@@ -212,6 +235,19 @@ def test_uint8_clip_equals_the_pure_grid_functions(arrangement, n, size):
         clip = make_clip(frames, spec, np.random.default_rng(seed))
         assert clip.shape == (3, 4, *spec.size) and torch.equal(clip_to_uint8_frames(clip, spec), got)
     assert flips == {False, True}
+
+
+@pytest.mark.parametrize("arrangement", ["spatial", "temporal"])
+@pytest.mark.parametrize("size", [40, 64, 24])
+def test_uint8_clip_from_numpy_or_torch_frames(arrangement, size):
+    """Cells as large as the crop (no resize), larger or smaller; the same clip from numpy and from torch frames."""
+    frames = np.random.default_rng(2).integers(0, 256, (16, 20, 30, 3), dtype=np.uint8)
+    spec = ClipSpec(num_frames=4, grid_n=2, input_size=size, arrangement=arrangement, train=False, crop="center")
+    box = transforms.center_crop_params(20, 30, spec.size[1] / spec.size[0])
+    got = make_frames(frames, spec, None)
+    assert got.shape == (4, *spec.size, 3) and got.is_contiguous()
+    assert torch.equal(got, reference_frames(frames, spec, box, False))
+    assert torch.equal(make_frames(torch.from_numpy(frames), spec, None), got)
 
 
 def test_uint8_three_crop_views():
