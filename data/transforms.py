@@ -13,6 +13,7 @@ runs on the grid) and the normalisation, one multiply-add per channel from uint8
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -44,14 +45,19 @@ def multiscale_crop_params(
     in ``scales`` differ by at most ``max_distort``; the crop's corner is one of 13 fixed positions (corners, centre,
     edge midpoints and quarter points), as in the official loader.
     """
-    base = min(height, width)
-    sizes = [int(base * s) for s in scales]
-    pairs = [(h, w) for i, h in enumerate(sizes) for j, w in enumerate(sizes) if abs(i - j) <= max_distort]
+    pairs = _multiscale_pairs(min(height, width), tuple(scales), max_distort)
     # One uniform draw over (size pair, corner) pairs: the same distribution as two draws, for one generator call.
     pair, corner = divmod(int(rng.integers(len(pairs) * len(_MULTISCALE_OFFSETS))), len(_MULTISCALE_OFFSETS))
     crop_h, crop_w = pairs[pair]
     oh, ow = _MULTISCALE_OFFSETS[corner]
     return oh * ((height - crop_h) // 4), ow * ((width - crop_w) // 4), crop_h, crop_w
+
+
+@functools.lru_cache(maxsize=256)
+def _multiscale_pairs(base: int, scales: tuple[float, ...], max_distort: int) -> tuple[tuple[int, int], ...]:
+    """The (crop height, crop width) pairs of `multiscale_crop_params`; memoised, as videos share frame sizes."""
+    sizes = [int(base * s) for s in scales]
+    return tuple((h, w) for i, h in enumerate(sizes) for j, w in enumerate(sizes) if abs(i - j) <= max_distort)
 
 
 def random_resized_crop_params(
