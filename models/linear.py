@@ -29,7 +29,15 @@ MIN_MACS = 1 << 20
 def _available() -> bool:
     if os.environ.get("TIMEMAE_ONEDNN_LINEAR", "1").strip().lower() in ("0", "false", "no", "off"):
         return False
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return False
+    # A private operator: check once that it still takes these arguments and computes a product, so that a torch
+    # release that changes it falls back to F.linear instead of failing in the first forward.
+    try:
+        x, w = torch.tensor([[1.0, 2.0]]), torch.tensor([[3.0, 4.0]])
+        return torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "").item() == 11.0
+    except (RuntimeError, TypeError):
+        return False
 
 
 ENABLED = _available()
