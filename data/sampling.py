@@ -125,8 +125,5 @@ def union_indices(draws: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]
     Returns:
         (union (U,) sorted unique int64, positions: one (len(draw_k),) int64 array per draw)
     """
-    if len(draws) == 1 and (draws[0][1:] > draws[0][:-1]).all():
-        # One draw of distinct sorted frames (any video with at least L frames) is its own union: no sort, no search.
-        return draws[0], [np.arange(len(draws[0]))]
     union = np.unique(np.concatenate(draws))
     return union, [np.searchsorted(union, d) for d in draws]

@@ -208,7 +208,7 @@ def decode_clips(
     # random numbers are drawn here and handed over.
     uniforms = sampling_uniforms(spec, rng, samples_per_decode)
 
-    def work() -> tuple[list[np.ndarray], np.ndarray]:
+    def work() -> tuple[list[np.ndarray | None], np.ndarray]:
         start = time.process_time()
         try:
             with decode.open_video(data, modality=modality, kind=ext, short_side=spec.decode_short_side()) as video:
@@ -217,7 +217,10 @@ def decode_clips(
                     sample_indices(video.num_frames, spec, None if uniforms is None else uniforms[k])
                     for k in range(samples_per_decode)
                 ]
-                union, positions = union_indices(draws)
+                if samples_per_decode == 1:  # get_batch returns exactly the frames asked for, repeats included
+                    union, positions = draws[0], [None]
+                else:  # several draws: decode the frames they share once
+                    union, positions = union_indices(draws)
                 sampled = time.process_time()
                 frames = video.get_batch(union)
         except DecodeError:
@@ -230,8 +233,7 @@ def decode_clips(
 
     positions, frames = decode.decode_with_timeout(work, timeout_s, what=what)
     build = make_frames if output == "uint8" else make_clip
-    # With one draw of distinct frames the union is that draw: no copy.
-    return [build(frames if len(pos) == len(frames) else frames[pos], spec, rng) for pos in positions]
+    return [build(frames if pos is None else frames[pos], spec, rng) for pos in positions]
 
 
 class ShardDataset(IterableDataset):
