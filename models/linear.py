@@ -75,7 +75,7 @@ class _OneDNNLinear(torch.autograd.Function):
 
 def uses_onednn(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> bool:
     """Whether `linear` takes the oneDNN path for these arguments."""
-    if not ENABLED or x.device.type != "cpu" or x.dim() < 1:
+    if not ENABLED or x.device.type != "cpu" or x.dim() < 2:
         return False
     if x.dtype != torch.float32 or weight.dtype != torch.float32 or (bias is not None and bias.dtype != torch.float32):
         return False

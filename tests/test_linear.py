@@ -83,6 +83,7 @@ def test_falls_back_to_f_linear_where_onednn_does_not_apply(monkeypatch):
     big_x, big_w = torch.randn(256, 256), torch.randn(256, 256)
     small_x, small_w = torch.randn(8, 16), torch.randn(4, 16)
     assert not lin.uses_onednn(small_x, small_w)  # below MIN_MACS
+    assert not lin.uses_onednn(torch.randn(2048), torch.randn(1024, 2048))  # 1-D input: F.linear
     assert not lin.uses_onednn(big_x.double(), big_w.double())
     assert not lin.uses_onednn(big_x.half(), big_w.half())
     with torch.autocast("cpu", dtype=torch.bfloat16):
