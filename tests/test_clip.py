@@ -189,6 +189,22 @@ def test_multiscale_crop_sizes_follow_videomae():
     assert sizes == {(a, b) for i, a in enumerate(allowed) for j, b in enumerate(allowed) if abs(i - j) <= 1}
 
 
+def test_multiscale_crop_draws_every_size_and_corner_equally():
+    rng = np.random.default_rng(1)
+    counts: dict[tuple[int, int, int, int], int] = {}
+    for _ in range(13000):
+        box = transforms.multiscale_crop_params(240, 320, rng)
+        counts[box] = counts.get(box, 0) + 1
+    # 10 size pairs x 13 corners; a few corners coincide for the full-height crops (top = 0 for every row), so
+    # count per (size, corner) through the distinct boxes of each size.
+    sizes = {(h, w) for _, _, h, w in counts}
+    assert len(sizes) == 10
+    for h, w in sizes:
+        per_size = sum(c for (_, _, hh, ww), c in counts.items() if (hh, ww) == (h, w))
+        assert 1100 < per_size < 1500  # expected 1300, sd ~34
+    assert len(counts) > 100 and min(counts.values()) > 50
+
+
 def test_three_crop_covers_long_side():
     boxes = transforms.three_crop_params(60, 100)
     assert [b[1] for b in boxes] == [0, 20, 40] and all(b[2:] == (60, 60) for b in boxes)

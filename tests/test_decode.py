@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import pathlib
 import struct
@@ -499,10 +500,17 @@ def test_set_thread_budget(restore_threads):
         set_thread_budget(0)
 
 
-def test_worker_init_reads_the_environment(restore_threads, monkeypatch, index_mp4):
+@pytest.fixture
+def unfreeze():
+    yield
+    gc.unfreeze()  # worker_init froze the test process's objects
+
+
+def test_worker_init_reads_the_environment(restore_threads, unfreeze, monkeypatch, index_mp4):
     monkeypatch.delenv(decode.WORKER_THREADS_ENV)
     worker_init(0)
     assert thread_budget() == 1 and torch.get_num_threads() == 1
+    assert gc.get_freeze_count() > 1000  # everything inherited is frozen
     monkeypatch.setenv(decode.WORKER_THREADS_ENV, "2")
     worker_init(3)
     assert thread_budget() == 2 and torch.get_num_threads() == 2
