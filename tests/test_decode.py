@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import pathlib
 import struct
+import subprocess
+import sys
 import threading
 import time
 from fractions import Fraction
@@ -500,17 +501,12 @@ def test_set_thread_budget(restore_threads):
         set_thread_budget(0)
 
 
-@pytest.fixture
-def unfreeze():
-    yield
-    gc.unfreeze()  # worker_init froze the test process's objects
-
-
-def test_worker_init_reads_the_environment(restore_threads, unfreeze, monkeypatch, index_mp4):
+def test_worker_init_reads_the_environment(restore_threads, monkeypatch, index_mp4):
+    frozen = []
+    monkeypatch.setattr(decode, "freeze_inherited_objects", lambda: frozen.append(True))  # not this test process
     monkeypatch.delenv(decode.WORKER_THREADS_ENV)
     worker_init(0)
-    assert thread_budget() == 1 and torch.get_num_threads() == 1
-    assert gc.get_freeze_count() > 1000  # everything inherited is frozen
+    assert thread_budget() == 1 and torch.get_num_threads() == 1 and frozen == [True]
     monkeypatch.setenv(decode.WORKER_THREADS_ENV, "2")
     worker_init(3)
     assert thread_budget() == 2 and torch.get_num_threads() == 2
@@ -518,6 +514,16 @@ def test_worker_init_reads_the_environment(restore_threads, unfreeze, monkeypatc
     monkeypatch.setenv(decode.WORKER_THREADS_ENV, "two")
     with pytest.raises(UserError, match="TIMEMAE_WORKER_THREADS"):
         worker_init(0)
+
+
+def test_freeze_inherited_objects_in_a_fresh_process():
+    code = (
+        "import gc; from data.decode import freeze_inherited_objects as f; n = f(); "
+        "assert n > 1000 and gc.get_freeze_count() == n, n"
+    )
+    root = pathlib.Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
