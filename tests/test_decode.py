@@ -6,8 +6,6 @@ import contextlib
 import os
 import pathlib
 import struct
-import subprocess
-import sys
 import threading
 import time
 from fractions import Fraction
@@ -18,6 +16,7 @@ import numpy as np
 import pytest
 import skvideo
 import torch
+from conftest import run_script
 from PIL import Image
 from videos import (
     index_depth,
@@ -521,8 +520,7 @@ def test_freeze_inherited_objects_in_a_fresh_process():
         "import gc; from data.decode import freeze_inherited_objects as f; n = f(); "
         "assert n > 1000 and gc.get_freeze_count() == n, n"
     )
-    root = pathlib.Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120)
+    done = run_script(["-c", code], timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
 
 
