@@ -35,7 +35,7 @@ from launch import distributed  # noqa: E402
 from launch.checkpoint import CheckpointManager, atomic_write_text  # noqa: E402
 from launch.ds_config import make_ds_config, merge_extra, resolve_precision  # noqa: E402
 from launch.logger import RunLogger  # noqa: E402
-from launch.loop import LoopState, NonFiniteLoss  # noqa: E402
+from launch.loop import LoopState, NonFiniteLoss, device_memory  # noqa: E402
 
 DEMO_DIR = os.environ.get("TIMEMAE_DEMO_DIR", os.path.join("runs", "demo"))
 
@@ -76,8 +76,7 @@ def resolve_data(cfg: FinetuneConfig, info: distributed.DistInfo) -> tuple[str, 
 
     if info.is_main:
         ensure_demo(DEMO_DIR, reuse_any=True)
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    distributed.barrier()
     demo = ensure_demo(DEMO_DIR, reuse_any=True)  # only reads the stamp now
     if cfg.val_data != "none":
         val = val or demo_shards(demo, "val", cfg.modality)
@@ -250,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 out["clips_per_s"] = window_clips / (now - window_t)
                 out["step_time_s"] = (now - window_t) / max(1, window_clips // d.global_batch)
                 out["epoch"] = state.step / d.steps_per_epoch
+                out.update(device_memory(device))
                 out.update({f"data_{k}": v for k, v in dataset.stats().items()})
                 log.log_step(state.step, out)
                 window_t, window_clips = now, 0
@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         log.close()
+        distributed.shutdown()
     log.info(f"done: {state.step} steps; best top-1 {best['top1']:.4f} at step {best['step']}; run folder "
              f"{cfg.output_dir}")
     return 0

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from data.errors import UserError
+from launch import distributed
 from models.checkpoint import atomic_save
 
 PREFIX = "step_"
@@ -58,11 +59,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
 class CheckpointManager:
     def __init__(self, output_dir: str, *, rank: int, keep_last: int = 2):
         self.root = os.path.join(output_dir, "checkpoints")
@@ -85,16 +81,16 @@ class CheckpointManager:
         folder = os.path.join(self.root, tag)
         if self.rank == 0 and os.path.isdir(folder) and not self.is_complete(tag):
             shutil.rmtree(folder)  # leftovers of an interrupted save of the same step
-        _barrier()
+        distributed.barrier()
         engine.save_checkpoint(self.root, tag=tag, client_state=client_state, save_latest=False)
         atomic_save(rng_state(), os.path.join(folder, f"rng_rank{self.rank}.pt"))
-        _barrier()
+        distributed.barrier()
         if self.rank == 0:
             atomic_write_text(os.path.join(folder, "COMPLETE"), json.dumps({"step": step, **info}) + "\n")
             atomic_write_text(os.path.join(self.root, "latest"), tag + "\n")
             for old in self.complete_tags()[: -self.keep_last]:
                 shutil.rmtree(os.path.join(self.root, old), ignore_errors=True)
-        _barrier()
+        distributed.barrier()
         return folder
 
     def find(self, resume: str) -> str | None:

@@ -106,6 +106,22 @@ def init(info: DistInfo) -> torch.device:
     return device
 
 
+def barrier() -> None:
+    """Wait for every rank (no-op in one process). Under NCCL it names this rank's GPU, so NCCL need not guess it."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if torch.distributed.get_backend() == "nccl":
+        torch.distributed.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        torch.distributed.barrier()
+
+
+def shutdown() -> None:
+    """Tear the process group down at the end of a run (NCCL warns about, and may leak, one left open)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def rank_map(info: DistInfo, device: torch.device) -> list[tuple[str, int, int, str]]:
     """(host, rank, local rank, device) of every rank, gathered on all ranks."""
     mine = (socket.gethostname(), info.rank, info.local_rank, str(device))

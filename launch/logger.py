@@ -48,7 +48,7 @@ class RunLogger:
         if console:
             parts = [f"step {step}"]
             for key, fmt in (("loss", ".4f"), ("lr", ".3e"), ("grad_norm", ".3f"), ("clips_per_s", ".1f"),
-                             ("data_wait_s", ".3f")):
+                             ("data_wait_s", ".3f"), ("max_mem_gib", ".1f")):
                 if key in values and values[key] is not None:
                     parts.append(f"{key} {values[key]:{fmt}}")
             print("  ".join(parts), file=sys.stdout, flush=True)

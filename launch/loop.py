@@ -87,3 +87,10 @@ def adamw(groups: list[dict], lr: float, betas: tuple[float, float], device: tor
 
 class NonFiniteLoss(RuntimeError):
     """Too many consecutive micro-batches with a non-finite loss."""
+
+
+def device_memory(device: torch.device) -> dict[str, float]:
+    """``{"max_mem_gib": ...}``: the most GPU memory tensors have held on ``device`` so far (empty on the CPU)."""
+    if device.type != "cuda":
+        return {}
+    return {"max_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30}

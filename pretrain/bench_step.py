@@ -161,7 +161,7 @@ def measure(cfg: StepConfig, fresh_process: bool = False) -> StepResult:
 
     def step() -> None:
         model.zero_grad(set_to_none=True)
-        mask = tube_mask(cfg.batch_size, grid, cfg.mask_ratio, generator)
+        mask = tube_mask(cfg.batch_size, grid, cfg.mask_ratio, generator).to(device)  # as the trainer does
         with autocast:
             pred = model(x, mask)
         loss = reconstruction_loss(pred, x, mask, patch_size=model.patch_size, tubelet_size=model.tubelet_size)

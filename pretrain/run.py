@@ -29,7 +29,7 @@ from launch import distributed  # noqa: E402
 from launch.checkpoint import CheckpointManager  # noqa: E402
 from launch.ds_config import make_ds_config, merge_extra, resolve_precision  # noqa: E402
 from launch.logger import RunLogger  # noqa: E402
-from launch.loop import LoopState, NonFiniteLoss  # noqa: E402
+from launch.loop import LoopState, NonFiniteLoss, device_memory  # noqa: E402
 from pretrain import engine as eng  # noqa: E402
 from pretrain.config import PretrainConfig, derive  # noqa: E402
 
@@ -44,8 +44,7 @@ def resolve_data(cfg: PretrainConfig, info: distributed.DistInfo) -> str:
 
     if info.is_main:
         ensure_demo(DEMO_DIR, reuse_any=True)
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    distributed.barrier()
     return demo_shards(ensure_demo(DEMO_DIR, reuse_any=True), "train", cfg.modality)  # only reads the stamp now
 
 
@@ -178,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 out["clips_per_s"] = window_clips / (now - window_t)
                 out["step_time_s"] = (now - window_t) / max(1, window_clips // d.global_batch)
                 out["epoch"] = state.step / d.steps_per_epoch
+                out.update(device_memory(device))
                 out.update({f"data_{k}": v for k, v in dataset.stats().items()})
                 log.log_step(state.step, out)
                 window_t, window_clips = now, 0
@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         log.close()
+        distributed.shutdown()
     log.info(f"done: {state.step} steps; run folder {cfg.output_dir}")
     return 0
 
