@@ -67,6 +67,8 @@ class FinetuneConfig:
     clip_grad: float = field(0.0, "gradient norm clipping (0 = off)")
     precision: str = field("auto", "auto: bf16 on A100/H100, fp16 on V100, fp32 on CPU",
                            choices=("auto", "fp32", "fp16", "bf16"))
+    bf16_overflow_check: bool = field(False, "bf16: skip optimizer steps whose gradients hold inf/NaN (DeepSpeed "
+                                             "scans every tensor; slower, see README)")
     zero_stage: int = field(0, "DeepSpeed ZeRO stage (the official fine-tuning uses 0)", choices=(0, 1, 2, 3))
     ds_config: str = field("", "extra DeepSpeed JSON merged into the generated config (contradictions are errors)")
     max_bad_steps: int = field(10, "stop after this many consecutive steps with a non-finite loss")

@@ -45,10 +45,27 @@ def resolve_precision(flag: str, device: torch.device) -> str:
     return flag
 
 
+def _bf16_has_overflow_check() -> bool:
+    """Whether this DeepSpeed has the ``bf16.check_grad_overflow`` key (added in 0.16.x; before it, no bf16 check)."""
+    try:
+        from deepspeed.runtime.precision_config import DeepSpeedBF16Config
+    except ImportError:
+        return False
+    return "check_grad_overflow" in getattr(DeepSpeedBF16Config, "model_fields", {})
+
+
 def make_ds_config(
-    *, micro_batch: int, accum_steps: int, world_size: int, precision: str, zero_stage: int, clip_grad: float | None
+    *, micro_batch: int, accum_steps: int, world_size: int, precision: str, zero_stage: int, clip_grad: float | None,
+    bf16_overflow_check: bool = False,
 ) -> dict[str, Any]:
-    """DeepSpeed JSON for one run. The optimizer and lr schedule are ours (passed to ``deepspeed.initialize``)."""
+    """DeepSpeed JSON for one run. The optimizer and lr schedule are ours (passed to ``deepspeed.initialize``).
+
+    ``bf16_overflow_check``: let DeepSpeed scan every gradient tensor for inf/NaN before each bf16 optimizer step and
+    skip the step on one. Off by default, as in torch's own bf16 autocast (no grad scaler): bf16 has fp32's exponent
+    range, so gradients do not overflow the way fp16 ones do, and a diverging run shows a non-finite loss, which the
+    training step catches on every rank. The scan costs two reductions and several kernel launches per parameter
+    tensor: at ViT-B, ZeRO-2 on one H100, it held the step to 240 clips/s against 327 without it (README "GPU").
+    """
     if zero_stage not in (0, 1, 2, 3):
         raise UserError(f"--zero-stage {zero_stage} is unknown; use 0, 1, 2 or 3")
     cfg: dict[str, Any] = {
@@ -68,6 +85,11 @@ def make_ds_config(
                        "hysteresis": 2, "min_loss_scale": 1}
     elif precision == "bf16":
         cfg["bf16"] = {"enabled": True}
+        if _bf16_has_overflow_check():
+            cfg["bf16"]["check_grad_overflow"] = bool(bf16_overflow_check)
+        elif bf16_overflow_check:
+            raise UserError("--bf16-overflow-check needs DeepSpeed >= 0.16.3 (bf16.check_grad_overflow); upgrade "
+                            "deepspeed or leave the flag off")
     if zero_stage == 3:
         # Gather the full fp32 weights into the checkpoint, so encoder export and rank-count changes always work.
         cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True

@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
 
     ds_cfg = merge_extra(make_ds_config(micro_batch=cfg.batch_size, accum_steps=cfg.accum_steps,
                                         world_size=info.world_size, precision=precision, zero_stage=cfg.zero_stage,
-                                        clip_grad=cfg.clip_grad), cfg.ds_config)
+                                        clip_grad=cfg.clip_grad, bf16_overflow_check=cfg.bf16_overflow_check),
+                         cfg.ds_config)
     if info.is_main:
         config_lib.write_run_files(cfg.output_dir, cfg, ds_cfg, d)
     log.info(f"global batch {d.global_batch} = {cfg.batch_size} x {cfg.accum_steps} accum x {d.world_size} ranks; "

@@ -44,15 +44,16 @@ def finite_positive(value) -> bool:
 
 
 @pytest.mark.skipif(not native_bf16(), reason="bf16 needs compute capability >= 8 (A100, H100)")
-@pytest.mark.parametrize("zero", ["0", "1", "2", "3"])
-def test_auto_precision_trains_in_bf16_with_nccl_at_every_zero_stage_and_resumes(demo_dir, tmp_path, zero):
+@pytest.mark.parametrize("zero,extra", [("0", []), ("1", []), ("2", []), ("3", []), ("2", ["--bf16-overflow-check"])])
+def test_auto_precision_trains_in_bf16_with_nccl_at_every_zero_stage_and_resumes(demo_dir, tmp_path, zero, extra):
     run = tmp_path / "run"
-    common = ["pretrain/run.py", *TINY, "--zero-stage", zero, "--recon-every", "2", "--output-dir", str(run)]
+    common = ["pretrain/run.py", *TINY, *extra, "--zero-stage", zero, "--recon-every", "2", "--output-dir", str(run)]
     out = run_script([*common, "--max-steps", "4", "--save-every", "2"], demo=demo_dir)
     check_ok(out)
     assert "precision bf16" in out.stdout and "cuda:0" in out.stdout
     ds = json.loads((run / "ds_config.json").read_text())
-    assert ds["bf16"] == {"enabled": True} and "fp16" not in ds and ds["zero_optimization"]["stage"] == int(zero)
+    assert ds["bf16"]["enabled"] and "fp16" not in ds and ds["zero_optimization"]["stage"] == int(zero)
+    assert ds["bf16"].get("check_grad_overflow", False) == bool(extra)
     log = read_log(run)
     assert sorted(log) == [1, 2, 3, 4]
     for rec in log.values():

@@ -75,6 +75,11 @@ def test_derived_values():
 def test_ds_config_from_flags_and_merge(tmp_path):
     cfg = make_ds_config(micro_batch=4, accum_steps=2, world_size=3, precision="bf16", zero_stage=2, clip_grad=1.0)
     assert cfg["train_batch_size"] == 24 and cfg["bf16"]["enabled"] and cfg["zero_optimization"]["stage"] == 2
+    # DeepSpeed's per-tensor bf16 overflow scan is off unless asked for (where this DeepSpeed has the key)
+    assert cfg["bf16"].get("check_grad_overflow", False) is False
+    checked = make_ds_config(micro_batch=1, accum_steps=1, world_size=1, precision="bf16", zero_stage=2, clip_grad=0,
+                             bf16_overflow_check=True)
+    assert checked["bf16"]["check_grad_overflow"] is True
     extra = tmp_path / "extra.json"
     extra.write_text(json.dumps({"zero_optimization": {"overlap_comm": True}, "wall_clock_breakdown": False}))
     merged = merge_extra(cfg, str(extra))
