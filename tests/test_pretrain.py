@@ -40,7 +40,7 @@ def test_single_process_run_folder(demo_dir, tmp_path):
     assert sorted(log) == [1, 2, 3, 4]
     for rec in log.values():
         assert {"step", "loss", "lr", "grad_norm", "data_wait_s", "clips_per_s"} <= set(rec)
-        assert rec["loss"] > 0
+        assert rec["loss"] > 0 and "max_mem_gib" not in rec  # GPU memory: CUDA runs only
     assert "step 4" in out.stdout and "clips_per_s" in out.stdout
     ds = json.loads((run / "ds_config.json").read_text())
     assert ds["zero_optimization"]["stage"] == 2 and ds["train_micro_batch_size_per_gpu"] == 2

@@ -150,3 +150,17 @@ def test_loop_state_skips_non_finite_losses_then_stops():
                                             "runs/x/checkpoints/step_00000005"):
         state.loss_is_finite(torch.tensor(float("nan")), 3)
     assert state.skipped_steps == 4
+
+
+def test_gpu_memory_is_logged_on_cuda_only(monkeypatch):
+    from launch.loop import device_memory
+
+    assert device_memory(torch.device("cpu")) == {}
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 3 * 2**30)
+    assert device_memory(torch.device("cuda", 0)) == {"max_mem_gib": 3.0}
+
+
+def test_barrier_and_shutdown_are_no_ops_in_one_process():
+    assert not torch.distributed.is_initialized()
+    distributed.barrier()
+    distributed.shutdown()
