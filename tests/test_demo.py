@@ -115,6 +115,33 @@ def test_videos_decode_to_the_right_frames(tiny):
                 assert frames[..., 0][alpha > 0.99].mean() < frames[..., 0][alpha == 0].mean() - 40
 
 
+def _mp4_boxes(data: bytes, start: int = 0, end: int | None = None, depth: int = 0) -> list[tuple[str, int, int]]:
+    """(path, offset, size) of the mp4 boxes in ``data``, containers opened (for naming where two files differ)."""
+    boxes, end = [], len(data) if end is None else end
+    while start + 8 <= end:
+        size, kind = int.from_bytes(data[start : start + 4], "big"), data[start + 4 : start + 8].decode("latin-1")
+        size = end - start if size == 0 else size
+        if size < 8:
+            break
+        boxes.append((kind, start, size))
+        if kind in ("moov", "trak", "mdia", "minf", "stbl", "udta", "edts") and depth < 6:
+            boxes += [(f"{kind}/{k}", o, n) for k, o, n in _mp4_boxes(data, start + 8, start + size, depth + 1)]
+        start += size
+    return boxes
+
+
+def _explain_difference(a: bytes, b: bytes) -> str:
+    """Where two mp4 files first differ, and whether their frames do: a failure message that locates the cause."""
+    first = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+    inside = [kind for kind, offset, size in _mp4_boxes(a) if offset <= first < offset + size]
+    try:
+        frames = "identical" if np.array_equal(_decode(a), _decode(b)) else "differ"
+    except av.error.FFmpegError as err:
+        frames = f"not comparable ({err})"
+    return (f"{len(a)} vs {len(b)} bytes, first difference at byte {first} in box {inside[-1] if inside else '?'}; "
+            f"decoded frames {frames}")
+
+
 def test_same_seed_same_bytes_different_seed_differs(tiny, tmp_path):
     # Same seed in another folder, other counts, two worker processes: the shared videos are byte-identical.
     again = demo.make_demo(tmp_path / "again", seed=3, per_class=1, val_per_class=1, num_frames=16, size=(96, 72),
@@ -122,7 +149,8 @@ def test_same_seed_same_bytes_different_seed_differs(tiny, tmp_path):
     assert sorted(again["manifests"]) == ["train", "val"] and again["shards"] == {}
     for label in (0, 7):
         rel = demo.video_relpath("rgb", "val", label, 0)
-        assert (Path(again["root"]) / rel).read_bytes() == (Path(tiny["root"]) / rel).read_bytes()
+        ours, theirs = (Path(again["root"]) / rel).read_bytes(), (Path(tiny["root"]) / rel).read_bytes()
+        assert ours == theirs, f"{rel}: " + _explain_difference(ours, theirs)
     assert not (Path(again["root"]) / "videos" / "depth").exists()
     # The encoder alone is deterministic, and another seed gives another video.
     rgb = demo.render_scene(_scene(3, "train", 4, 0, 16, (96, 72)))[0]
