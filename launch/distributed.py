@@ -10,6 +10,7 @@ The backend is NCCL when CUDA is present and gloo otherwise (DeepSpeed's CPU acc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import socket
@@ -103,7 +104,24 @@ def init(info: DistInfo) -> torch.device:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        _release_deepspeed_shm_buffer(info)
     return device
+
+
+def _release_deepspeed_shm_buffer(info: DistInfo) -> None:
+    """Unlink the shared-memory file DeepSpeed's CPU communication op made for this rank (it never does).
+
+    When every rank runs on one machine (the ``deepspeed`` launcher sets LOCAL_SIZE), that op creates
+    ``/dev/shm/deepspeed_allreduce_buffer_<uid>_<addr>_<port>_<rank>`` (69 MB) per rank, and nothing removes it: each
+    such run leaves its files in memory-backed /dev/shm until the machine reboots. Every rank maps every peer's file
+    before ``init_distributed`` returns, so after a barrier each rank unlinks its own name: the mappings stay valid,
+    and the memory goes back when the last process unmaps it, however the run ends (SIGKILL included).
+    """
+    if info.world_size > 1:
+        barrier()  # every rank, whether or not its file exists: a barrier some ranks skip would hang the others
+    name = f"/dev/shm/deepspeed_allreduce_buffer_{os.getuid()}_{info.master_addr}_{info.master_port}_{info.rank}"
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(name)
 
 
 def barrier() -> None:

@@ -119,6 +119,8 @@ def test_two_ranks_with_the_deepspeed_launcher(demo_dir, tmp_path, extra):
     assert (ckpt / "rng_rank0.pt").is_file() and (ckpt / "rng_rank1.pt").is_file() and (ckpt / "COMPLETE").is_file()
     assert (run / "encoder.pth").is_file()
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    # DeepSpeed's CPU communication op leaves a 69 MB /dev/shm file per rank; the run removes them
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
 
     # resume the 2-rank checkpoint on 1 rank: consolidated fp32 weights, and the run says so
     more = run_script(["pretrain/run.py", *TINY, *extra, "--max-steps", "4", "--save-every", "4", "--recon-every",
