@@ -321,14 +321,7 @@ def entry() -> None:
     except UserError as err:
         print(f"finetune/run.py: error: {err}", file=sys.stderr)
         sys.exit(2)
-    # Everything the run writes is closed and its loader workers are joined once `main` returns. What is left is
-    # the interpreter's teardown, where a C++ destructor of the distributed stack (gloo, DeepSpeed's CPU
-    # communication op) now and then aborts a finished rank with "terminate called without an active exception"
-    # (about 1 in 10 two-rank ZeRO-3 runs on CPU), which the launcher reports as a failed run. So the process ends
-    # here, without that teardown.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    distributed.exit_now(code)
 
 
 if __name__ == "__main__":

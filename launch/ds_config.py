@@ -46,7 +46,7 @@ def resolve_precision(flag: str, device: torch.device) -> str:
 
 
 def _bf16_has_overflow_check() -> bool:
-    """Whether this DeepSpeed has the ``bf16.check_grad_overflow`` key (added in 0.16.x; before it, no bf16 check)."""
+    """Whether this DeepSpeed has the ``bf16.check_grad_overflow`` key (older releases have no bf16 overflow check)."""
     try:
         from deepspeed.runtime.precision_config import DeepSpeedBF16Config
     except ImportError:
@@ -64,7 +64,7 @@ def make_ds_config(
     skip the step on one. Off by default, as in torch's own bf16 autocast (no grad scaler): bf16 has fp32's exponent
     range, so gradients do not overflow the way fp16 ones do, and a diverging run shows a non-finite loss, which the
     training step catches on every rank. The scan costs two reductions and several kernel launches per parameter
-    tensor: at ViT-B, ZeRO-2 on one H100, it held the step to 240 clips/s against 327 without it (README "GPU").
+    tensor: at ViT-B, ZeRO-2 on one H100, it held the step to 240 clips/s against 327 without it (README "On a GPU").
     """
     if zero_stage not in (0, 1, 2, 3):
         raise UserError(f"--zero-stage {zero_stage} is unknown; use 0, 1, 2 or 3")
@@ -88,8 +88,8 @@ def make_ds_config(
         if _bf16_has_overflow_check():
             cfg["bf16"]["check_grad_overflow"] = bool(bf16_overflow_check)
         elif bf16_overflow_check:
-            raise UserError("--bf16-overflow-check needs DeepSpeed >= 0.16.3 (bf16.check_grad_overflow); upgrade "
-                            "deepspeed or leave the flag off")
+            raise UserError("--bf16-overflow-check needs a DeepSpeed whose bf16 section has check_grad_overflow; "
+                            "upgrade deepspeed or leave the flag off")
     if zero_stage == 3:
         # Gather the full fp32 weights into the checkpoint, so encoder export and rank-count changes always work.
         cfg["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
