@@ -142,13 +142,15 @@ def shutdown() -> None:
 
 
 def exit_now(code: int) -> None:
-    """End a finished run's process with ``code``, without the interpreter's teardown.
+    """End a finished run's process with ``code``: close its process group, skip the interpreter's teardown.
 
     Call it once everything the run writes is closed and its loader workers are joined (a training script's ``main``
-    has returned). What the teardown would add is C++ destructors of the distributed stack (gloo, DeepSpeed's CPU
+    has returned). Only then: after an error, with a rank gone, NCCL's teardown can wait for it forever. What the
+    interpreter's teardown would add is C++ destructors of the distributed stack (gloo, DeepSpeed's CPU
     communication op), one of which now and then aborts a finished rank with "terminate called without an active
     exception" (about 1 in 10 two-rank ZeRO-3 runs on CPU), which the launcher reports as a failed run.
     """
+    shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

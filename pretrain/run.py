@@ -199,8 +199,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         log.close()
-        if sys.exc_info()[1] is None:  # not while an error propagates: with a rank gone, NCCL's teardown can hang
-            distributed.shutdown()
     log.info(f"done: {state.step} steps; run folder {cfg.output_dir}")
     return 0
 
