@@ -201,6 +201,13 @@ def make_frames(frames: np.ndarray | torch.Tensor, spec: ClipSpec, rng: np.rando
     expected = spec.num_frames if spec.sampling == "stride" else spec.num_source_frames
     if frames.shape[0] != expected:
         raise ValueError(f"got {frames.shape[0]} frames, the clip spec needs {expected}")
+    crop = draw_crop(spec, rng)
+    if crop is not None:  # the route decoders take too (`data.stream.decode_clips`), with this copy done by numpy
+        top, left, height, width = box = crop.box(spec, frames.shape[1], frames.shape[2])
+        grid, slots = grid_buffer(spec, box, frames.shape[3])
+        src = frames.numpy() if isinstance(frames, torch.Tensor) else frames
+        np.copyto(slots, src[:, top : top + height, left : left + width].reshape(slots.shape))
+        return finish_grid(grid, spec, crop.flip)
     train = spec.train and rng is not None
     pixels = frames  # (L, H, W, 3), numpy or torch
     if train and spec.rotation:
@@ -254,9 +261,17 @@ def _resize_into_grid(crops: np.ndarray | torch.Tensor, spec: ClipSpec) -> torch
     Returns:
         (T*, N h, N w, C) uint8, contiguous: the grid of the resized cells.
     """
-    n, t = spec.grid_n, spec.num_frames
-    (h, w), (_, src_h, src_w, c) = spec.cell, crops.shape
-    g = _grid_channels_last(crops, n, t, spec.arrangement)  # (T*, N h', N w', C), a copy
+    return _resize_cells(_grid_channels_last(crops, spec.grid_n, spec.num_frames, spec.arrangement), spec)
+
+
+def _resize_cells(grid: torch.Tensor, spec: ClipSpec) -> torch.Tensor:
+    """Resize every cell of a contiguous (T*, N h', N w', C) uint8 grid to the spec's cell: (T*, N h, N w, C).
+
+    The two passes of `_resize_into_grid`'s docstring; N = 1 works the same (one cell per frame).
+    """
+    n, t, c = spec.grid_n, spec.num_frames, grid.shape[-1]
+    (h, w), src_h, src_w = spec.cell, grid.shape[1] // n, grid.shape[2] // n
+    g = grid
     if src_w != w:
         rows = g.view(1, t * n * src_h * n, src_w, c).permute(0, 3, 1, 2)  # every cell row, as one image
         g = transforms.resize(rows, (rows.shape[2], w)).permute(0, 2, 3, 1).reshape(t, n * src_h, n * w, c)
@@ -287,12 +302,68 @@ def _grid_channels_last(
         return cells if isinstance(cells, torch.Tensor) else torch.from_numpy(cells)
     src = cells.numpy() if isinstance(cells, torch.Tensor) else cells
     out = np.empty((t, n, h, n, w, c), dtype=src.dtype)
-    if arrangement == "spatial":  # source frame (r N + c) T* + t, as time_grid._TO_GRID["spatial"]
-        src, dst = src.reshape(n, n, t, h, w, c), out.transpose(1, 3, 0, 2, 4, 5)
-    else:  # temporal: source frame t N^2 + r N + c
-        src, dst = src.reshape(t, n, n, h, w, c), out.transpose(0, 1, 3, 2, 4, 5)
-    np.copyto(dst, src)
+    dst = grid_source_view(out, arrangement)
+    np.copyto(dst, src.reshape(dst.shape))
     return torch.from_numpy(out.reshape(t, n * h, n * w, c))
+
+
+def grid_source_view(grid: np.ndarray, arrangement: str) -> np.ndarray:
+    """A (T*, N, h, N, w, C) grid buffer seen in source-frame order: (N, N, T*, h, w, C) for the spatial arrangement,
+    (T*, N, N, h, w, C) for the temporal one, whose leading axes read in C order are the L = T* N^2 source frames (a
+    view; `time_grid`'s Eqs. 1-5 say which frame goes to which cell)."""
+    if arrangement == "spatial":  # source frame (r N + c) T* + t, as time_grid._TO_GRID["spatial"]
+        return grid.transpose(1, 3, 0, 2, 4, 5)
+    return grid.transpose(0, 1, 3, 2, 4, 5)  # temporal: source frame t N^2 + r N + c
+
+
+@dataclasses.dataclass(frozen=True)
+class CropDraw:
+    """A clip's crop and flip, drawn before its frames are decoded (`draw_crop`)."""
+
+    flip: bool
+    u: float | None  # the multi-scale crop's one uniform (`transforms.multiscale_crop_box`); None: the centre crop
+
+    def box(self, spec: ClipSpec, height: int, width: int) -> transforms.Box:
+        """The crop box in (height, width) frames."""
+        if self.u is None:
+            return transforms.center_crop_params(height, width, spec.size[1] / spec.size[0])
+        return transforms.multiscale_crop_box(height, width, self.u, spec.scales)
+
+
+def draw_crop(spec: ClipSpec, rng: np.random.Generator | None) -> CropDraw | None:
+    """The randomness of a clip that needs nothing from its frames but one crop: a flip and the crop box.
+
+    Such a clip is the crop of every frame, copied into the grid buffer (`grid_buffer`) in source-frame order, and
+    `finish_grid`. The copy can happen in the decoder (`data.decode.Video.get_crops`), so the box is drawn before the
+    frame size is known, as one uniform: the same draws, in the same order, as `make_frames` makes from ``rng``, which
+    takes this route itself. None for the clips that need more (`make_frames`' general path): a rotation, RandAugment
+    or random erasing, three crops, or a random resized crop in training.
+    """
+    train = spec.train and rng is not None
+    needs_more = spec.rotation or spec.rand_augment or spec.erase_prob or spec.crop == "rrc"
+    if spec.crop == "three" or (train and needs_more):
+        return None
+    flip = bool(train and spec.flip and rng.random() < 0.5)
+    return CropDraw(flip, float(rng.random()) if train and spec.crop == "multiscale" else None)
+
+
+def grid_buffer(spec: ClipSpec, box: transforms.Box, channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """An empty grid of crop-sized cells: (T*, N, h', N, w', C) uint8, and its `grid_source_view` to fill."""
+    n, (_, _, h, w) = spec.grid_n, box
+    grid = np.empty((spec.num_frames, n, h, n, w, channels), dtype=np.uint8)
+    return grid, grid_source_view(grid, spec.arrangement)
+
+
+def finish_grid(grid: np.ndarray, spec: ClipSpec, flip: bool) -> torch.Tensor:
+    """A filled `grid_buffer` -> the clip, (T*, H*, W*, 3) uint8 contiguous: every cell resized (`_resize_cells`),
+    mirrored if ``flip``, and the whole grid resized when N does not divide H* or W*."""
+    t, n, h, _, w, c = grid.shape
+    g = _resize_cells(torch.from_numpy(grid.reshape(t, n * h, n * w, c)), spec)
+    if flip:
+        g = _flip_cells(g, n)
+    if tuple(g.shape[1:3]) != spec.size:
+        g = transforms.resize(g.permute(0, 3, 1, 2), spec.size).permute(0, 2, 3, 1)
+    return g.contiguous()
 
 
 def normalize_clip(frames: torch.Tensor, mean=transforms.IMAGENET_MEAN, std=transforms.IMAGENET_STD,

@@ -42,7 +42,17 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from data import decode
-from data.clip import ClipSpec, make_clip, make_frames, sample_indices, sampling_uniforms
+from data.clip import (
+    ClipSpec,
+    draw_crop,
+    finish_grid,
+    grid_buffer,
+    make_clip,
+    make_frames,
+    normalize_clip,
+    sample_indices,
+    sampling_uniforms,
+)
 from data.errors import DecodeError, UserError
 from data.sampling import union_indices
 
@@ -205,8 +215,10 @@ def decode_clips(
         DecodeError: the bytes do not decode, or not in time.
     """
     # The decode may be abandoned on timeout and go on in the background, so it must not touch ``rng``: the sampling's
-    # random numbers are drawn here and handed over.
+    # random numbers are drawn here and handed over, and so is the crop of a single clip that needs no more than one
+    # (`data.clip.draw_crop`): the decoder then writes each frame's crop straight into the clip's grid buffer.
     uniforms = sampling_uniforms(spec, rng, samples_per_decode)
+    crop = draw_crop(spec, rng) if samples_per_decode == 1 else None
 
     def work() -> tuple[list[np.ndarray | None], np.ndarray]:
         start = time.process_time()
@@ -217,21 +229,31 @@ def decode_clips(
                     sample_indices(video.num_frames, spec, None if uniforms is None else uniforms[k])
                     for k in range(samples_per_decode)
                 ]
-                if samples_per_decode == 1:  # get_batch returns exactly the frames asked for, repeats included
-                    union, positions = draws[0], [None]
-                else:  # several draws: decode the frames they share once
-                    union, positions = union_indices(draws)
-                sampled = time.process_time()
-                frames = video.get_batch(union)
+                if crop is not None:
+                    box = crop.box(spec, video.height, video.width)
+                    grid, slots = grid_buffer(spec, box)
+                    sampled = time.process_time()
+                    video.get_crops(draws[0], box, slots)
+                    out = [None], grid
+                else:
+                    if samples_per_decode == 1:  # get_batch returns exactly the frames asked for, repeats included
+                        union, positions = draws[0], [None]
+                    else:  # several draws: decode the frames they share once
+                        union, positions = union_indices(draws)
+                    sampled = time.process_time()
+                    out = positions, video.get_batch(union)
         except DecodeError:
             raise
         except Exception as err:  # noqa: BLE001 -- decoder libraries raise many types for bad bytes
             raise DecodeError(f"{type(err).__name__}: {err}") from err
         if timings is not None:
             timings["decode"] = timings.get("decode", 0.0) + time.process_time() - start - (sampled - opened)
-        return positions, frames
+        return out
 
     positions, frames = decode.decode_with_timeout(work, timeout_s, what=what)
+    if crop is not None:
+        clip = finish_grid(frames, spec, crop.flip)
+        return [clip if output == "uint8" else normalize_clip(clip, spec.mean, spec.std)]
     build = make_frames if output == "uint8" else make_clip
     return [build(frames if pos is None else frames[pos], spec, rng) for pos in positions]
 

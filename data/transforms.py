@@ -45,12 +45,19 @@ def multiscale_crop_params(
     in ``scales`` differ by at most ``max_distort``; the crop's corner is one of 13 fixed positions (corners, centre,
     edge midpoints and quarter points), as in the official loader.
     """
+    return multiscale_crop_box(height, width, rng.random(), scales, max_distort)
+
+
+def multiscale_crop_box(
+    height: int, width: int, u: float, scales=(1.0, 0.875, 0.75, 0.66), max_distort: int = 1
+) -> Box:
+    """`multiscale_crop_params` given its one uniform ``u`` in [0, 1) (drawn before the frame size is known)."""
     pairs = _multiscale_pairs(min(height, width), tuple(scales), max_distort)
     # One draw picks the (size pair, corner) combination: the same distribution as two draws. ``floor(u * n)`` of one
     # uniform rather than ``rng.integers(n)``, whose argument handling cost ~20-40 us per clip in a loader worker
     # (caches cold after a decode); with 53-bit uniforms the n outcomes are equally likely to within 2^-45 here.
     count = len(pairs) * len(_MULTISCALE_OFFSETS)
-    pair, corner = divmod(min(int(rng.random() * count), count - 1), len(_MULTISCALE_OFFSETS))
+    pair, corner = divmod(min(int(u * count), count - 1), len(_MULTISCALE_OFFSETS))
     crop_h, crop_w = pairs[pair]
     oh, ow = _MULTISCALE_OFFSETS[corner]
     return oh * ((height - crop_h) // 4), ow * ((width - crop_w) // 4), crop_h, crop_w

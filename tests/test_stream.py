@@ -7,12 +7,21 @@ import json
 import logging
 import os
 
+import numpy as np
 import pytest
 import torch
 import webdataset as wds
 
 from data import stream
-from data.clip import ClipSpec, clip_to_uint8_frames, normalize_clip, sample_indices
+from data.clip import (
+    ClipSpec,
+    clip_to_uint8_frames,
+    draw_crop,
+    make_frames,
+    normalize_clip,
+    sample_indices,
+    sampling_uniforms,
+)
 from data.errors import UserError
 from data.manifest import Record
 from data.shards import write_shards
@@ -174,3 +183,45 @@ def test_rank_and_world_size_from_the_environment(monkeypatch):
     monkeypatch.setenv("RANK", "2")
     with pytest.raises(UserError):
         dist_info()
+
+
+@pytest.fixture(scope="module")
+def intra_sample(tmp_path_factory) -> dict:
+    """One shard sample re-encoded all-intra (the intra reader decodes it), 30 frames of 64x48."""
+    raw = tmp_path_factory.mktemp("intra")
+    write_shards([Record(write_index_video(raw / "v.mp4", 30), 0)], raw / "out", short_side=48, progress=False)
+    return next(stream.iter_tar(str(raw / "out" / "shard-000000.tar")))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ClipSpec(num_frames=4, grid_n=2, input_size=56, flip=True),
+        ClipSpec(num_frames=2, grid_n=3, input_size=50, arrangement="temporal", flip=True),  # 3 does not divide 50
+        ClipSpec(num_frames=4, grid_n=1, input_size=40, sampling="stride", sampling_rate=2),
+        ClipSpec(num_frames=4, grid_n=2, input_size=(40, 56), train=False),
+        ClipSpec(num_frames=4, grid_n=2, input_size=56, rotation=10.0),  # the general path
+        ClipSpec(num_frames=4, grid_n=2, input_size=56, crop="rrc"),
+        ClipSpec(num_frames=4, grid_n=2, input_size=56, train=False, crop="three"),
+    ],
+)
+def test_decode_clips_equals_get_batch_and_make_frames(intra_sample, spec, monkeypatch):
+    """The single-clip route, where the decoder writes the crops into the grid (`Video.get_crops`), gives the clip
+    that decoding whole frames and `make_frames` give, from the same seed; the clips that need more take that path."""
+    sample = intra_sample
+    crops = []
+    real = stream.decode.Video.get_crops
+    monkeypatch.setattr(stream.decode.Video, "get_crops", lambda self, *a: crops.append(self.backend) or real(self, *a))
+    direct = draw_crop(spec, np.random.default_rng(0)) is not None
+    for seed in range(6):
+        got = stream.decode_clips(sample["mp4"], "mp4", spec, np.random.default_rng(seed), output="uint8")
+        rng = np.random.default_rng(seed)
+        uniforms = sampling_uniforms(spec, rng, 1)
+        with stream.decode.open_video(sample["mp4"], kind="mp4", short_side=spec.decode_short_side()) as video:
+            idx = sample_indices(video.num_frames, spec, None if uniforms is None else uniforms[0])
+            expected = make_frames(video.get_batch(idx), spec, rng)
+        assert len(got) == 1 and torch.equal(got[0], expected)
+        floats = stream.decode_clips(sample["mp4"], "mp4", spec, np.random.default_rng(seed))
+        assert torch.equal(floats[0], normalize_clip(expected, spec.mean, spec.std))
+    assert crops == (["pyav-intra"] * 12 if direct else [])
+    assert direct == (spec.rotation == 0 and spec.crop not in ("rrc", "three"))
