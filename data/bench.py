@@ -6,10 +6,12 @@ decoders; `data.decode.keep_freed_memory`) and pinned to one CPU, and times the 
 threads), so "per core" holds on a busy machine too. (It leaves out `data.decode.freeze_inherited_objects`, which
 `worker_init` also does: that changes the process for good, and its effect on these rows was within their noise.)
 
-- decode = `data.decode.open_video` on the video's bytes + ``get_batch`` + close;
-- other = everything else `data.stream.decode_clips` does for a clip: drawing the indices, the decode thread of the
-  timeout guard, `data.clip.make_frames` with the training spec (multi-scale crop, resize into the cells, TIME grid),
-  giving the uint8 clip the training scripts' loaders yield. Normalisation to float happens on the training device
+- decode = `data.decode.open_video` on the video's bytes + ``get_batch`` (or ``get_crops``, which writes each frame's
+  crop into the clip's grid buffer as it converts the frame) + close;
+- other = everything else `data.stream.decode_clips` does for a clip: drawing the indices and the crop, allocating
+  the grid buffer, the decode thread of the timeout guard, the resize into the cells (`data.clip.finish_grid`, or
+  `data.clip.make_frames` where one decode serves several clips), giving the uint8 clip the training scripts' loaders
+  yield. Normalisation to float happens on the training device
   (`data.clip.normalize_clip` in `pretrain.engine`); the ``float`` rows (N = 2 shards) include it on the loader's
   CPU instead, which is what a loader with ``output="float"`` costs; the ``fine-tune`` rows (N = 2 shards) build
   fine-tuning's training clip with its default augmentation (random resized crop, RandAugment

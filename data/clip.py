@@ -9,7 +9,11 @@
       --normalise (on the training device)--> (3, T*, H*, W*) float                 `normalize_clip`
 
 Without RandAugment and random erasing, `make_frames` resizes and builds the grid in one go (`_resize_into_grid`,
-the same pixels). All randomness comes in through the ``rng`` argument; `ClipSpec` holds no state.
+the same pixels). A clip that needs nothing but a crop and a flip (`draw_crop`: pretraining's multi-scale crop,
+evaluation's centre crop) goes: crops copied into a grid buffer of crop-sized cells in source-frame order
+(`grid_buffer`), then `finish_grid`; a decoder can do that copy as it converts each frame
+(`data.decode.Video.get_crops`, used by `data.stream.decode_clips`), so the box is drawn before the frame size is
+known. All randomness comes in through the ``rng`` argument; `ClipSpec` holds no state.
 """
 
 from __future__ import annotations

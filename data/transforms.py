@@ -6,9 +6,10 @@ into grid cells). Parameters are drawn from an explicit ``numpy.random.Generator
 applied by pure functions, so a test can fix them.
 
 Speed: frames decoded as (L, H, W, 3) numpy arrays become (L, 3, H, W) tensors by ``permute`` — a channels-last view,
-no copy — and crops are slices. The pixel work is one uint8 copy of the crops into the TIME grid's arrangement, one
-antialiased resize (torch's native uint8 kernel, fastest on channels-last, whose two separable passes `data.clip`
-runs on the grid) and the normalisation, one multiply-add per channel from uint8 to float32. No per-frame PIL.
+no copy — and crops are slices. The pixel work is one uint8 copy of the crops into the TIME grid's arrangement (done
+by the decoder itself on the training path: `data.decode.Video.get_crops`), one antialiased resize (torch's native
+uint8 kernel, fastest on channels-last, whose two separable passes `data.clip` runs on the grid) and the
+normalisation, one multiply-add per channel from uint8 to float32. No per-frame PIL.
 """
 
 from __future__ import annotations
