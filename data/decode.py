@@ -110,6 +110,7 @@ _DECORD_LOG_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
 _thread_budget = 1
 
 T = TypeVar("T")
+Box = tuple[int, int, int, int]  # a crop: (top, left, height, width) in frame pixels
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -287,60 +288,72 @@ class Video:
             return frames  # already in the asked order (training clips): skip the copy
         return frames[inverse.reshape(-1)]
 
-    def get_crops(self, indices: Sequence[int] | np.ndarray, box: tuple[int, int, int, int], out: np.ndarray) -> None:
-        """Decode frames by index and write the same crop of each into ``out``: `get_batch` and a copy, fused.
+    def get_crops(self, clips: Sequence[tuple[Sequence[int] | np.ndarray, Box, np.ndarray]]) -> None:
+        """Decode the frames of one or more clips once and write each clip's crop of its frames into its buffer.
 
-        The intra reader (RGB) writes each frame's crop as it converts the frame, so the whole frames are never stored
-        and no second pass reads them back: an N = 2 clip from a 240p shard takes 0.3-0.5 ms less CPU than decoding
-        and then copying the crops (`timemae bench-loader`). Other backends and depth decode with `get_batch` and
-        copy. ``out`` may be any strided view, such as a TIME grid buffer seen in source-frame order
-        (`data.clip.grid_source_view`), which no reshape to ``(L, h, w, 3)`` could give.
+        `get_batch` of the union of the clips' indices followed by one copy of the crops per clip, fused: the intra
+        reader (RGB) writes the crops of each frame as it converts the frame, so the whole frames are never stored and
+        no second pass reads them back (an N = 2 clip from a 240p shard: 0.3-0.5 ms less CPU, see
+        `timemae bench-loader`). Other backends and depth decode with `get_batch` and copy. A buffer may be any
+        strided view, such as a TIME grid buffer seen in source-frame order (`data.clip.grid_source_view`), which no
+        reshape to ``(L, h, w, 3)`` could give.
 
         Args:
-            indices: (L,) frame indices in [0, num_frames), any order, repeats allowed.
-            box: (top, left, h, w) inside the (height, width) frames.
-            out: (..., h, w, 3) uint8 whose leading axes, read in C order, are the L slots: slot i gets the crop of
-                frame ``indices[i]``.
+            clips: ``(indices, box, out)`` per clip: (L,) frame indices in [0, num_frames) in any order, repeats
+                allowed; the crop box (top, left, h, w) inside the (height, width) frames; and (..., h, w, 3) uint8
+                whose leading axes, read in C order, are the L slots: slot i gets the crop of frame ``indices[i]``.
 
         Raises:
             IndexError: an index outside [0, num_frames).
-            ValueError: the box leaves the frame, or ``out`` does not fit.
+            ValueError: a box leaves the frame, or a buffer does not fit.
             DecodeError: the frames cannot be decoded.
         """
-        top, left, h, w = (int(v) for v in box)
-        if h < 1 or w < 1 or top < 0 or left < 0 or top + h > self.height or left + w > self.width:
-            raise ValueError(f"crop box {tuple(box)} does not lie inside the {self.height} x {self.width} frames")
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-        if out.dtype != np.uint8 or out.shape[-3:] != (h, w, 3) or math.prod(out.shape[:-3]) != idx.size:
-            raise ValueError(f"out {out.shape} {out.dtype} does not hold {idx.size} crops of {h} x {w} x 3 uint8")
-        if idx.size == 0:
+        jobs = []
+        for indices, box, out in clips:
+            top, left, h, w = (int(v) for v in box)
+            if h < 1 or w < 1 or top < 0 or left < 0 or top + h > self.height or left + w > self.width:
+                raise ValueError(f"crop box {tuple(box)} does not lie inside the {self.height} x {self.width} frames")
+            idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+            if out.dtype != np.uint8 or out.shape[-3:] != (h, w, 3) or math.prod(out.shape[:-3]) != idx.size:
+                raise ValueError(f"out {out.shape} {out.dtype} does not hold {idx.size} crops of {h} x {w} x 3 uint8")
+            if idx.size and (idx.min() < 0 or idx.max() >= self.num_frames):
+                raise IndexError(
+                    f"{self._name}: frame indices must lie in [0, {self.num_frames}), got {idx.min()}..{idx.max()}"
+                )
+            jobs.append((idx, slice(top, top + h), slice(left, left + w), out))
+        if not jobs or not any(idx.size for idx, *_ in jobs):
             return
-        if idx.min() < 0 or idx.max() >= self.num_frames:
-            raise IndexError(
-                f"{self._name}: frame indices must lie in [0, {self.num_frames}), got {idx.min()}..{idx.max()}"
-            )
+        if len(jobs) == 1 and (jobs[0][0].size == 1 or bool((jobs[0][0][1:] > jobs[0][0][:-1]).all())):
+            unique, inverse = jobs[0][0], None  # one clip, sorted and distinct: a training clip
+        else:
+            unique, inverse = np.unique(np.concatenate([idx for idx, *_ in jobs]), return_inverse=True)
         if self.modality == "rgb" and isinstance(self._reader, _IntraReader):
-            slots = _slot_views(out)
-            if idx.size == 1 or bool((idx[1:] > idx[:-1]).all()):  # sorted and distinct: training clips
-                unique, first, inverse = idx, None, None
-            else:
-                unique, first, inverse = np.unique(idx, return_index=True, return_inverse=True)
+            if inverse is None:
+                _, rows, cols, out = jobs[0]
+                targets = [[(view, rows, cols)] for view in _slot_views(out)]
+            else:  # every frame's crops for every clip that uses it, repeats included
+                targets = [[] for _ in range(len(unique))]
+                positions = iter(inverse.reshape(-1).tolist())
+                for _, rows, cols, out in jobs:
+                    for view in _slot_views(out):
+                        targets[next(positions)].append((view, rows, cols))
             try:
-                targets = slots if first is None else [slots[i] for i in first]
-                self._reader.read_crops(unique, (top, left, h, w), targets)
+                self._reader.read_crops(unique, targets)
             except DecodeError as err:
                 if self._fallback is None:
                     raise
                 self._use_fallback(err)
             else:
                 self.num_frames = self._reader.num_frames
-                if first is not None:  # the repeats of a short video: copies of the slots decoded
-                    for i, j in enumerate(first[inverse.reshape(-1)].tolist()):
-                        if i != j:
-                            slots[i][...] = slots[j]
                 return
-        frames = self.get_batch(idx)
-        np.copyto(out, frames[:, top : top + h, left : left + w].reshape(out.shape))
+        frames = self.get_batch(unique)
+        start = 0
+        for idx, rows, cols, out in jobs:
+            crops = frames[:, rows, cols]  # a view: the indexing below copies the crops only
+            if inverse is not None:
+                crops = crops[inverse[start : start + idx.size]]
+            np.copyto(out, crops.reshape(out.shape))
+            start += idx.size
 
     def _read(self, unique: np.ndarray) -> np.ndarray:
         try:
@@ -856,44 +869,41 @@ class _IntraReader(_Reader):
 
     def read(self, unique: np.ndarray) -> np.ndarray:
         out = np.empty((len(unique), self.height, self.width, 3), dtype=np.uint8)
-        self._decode(unique, out, None)
+        whole = slice(None)
+        self._decode(unique, [[(frame, whole, whole)] for frame in out])
         return out
 
-    def read_crops(self, unique: np.ndarray, box: tuple[int, int, int, int], slots: Sequence[np.ndarray]) -> None:
-        """Write the ``box`` crop of frame ``unique[k]`` into ``slots[k]`` (see `Video.get_crops`)."""
-        self._decode(unique, slots, box)
+    def read_crops(self, unique: np.ndarray, targets: Sequence[Sequence[tuple[np.ndarray, slice, slice]]]) -> None:
+        """For every ``(view, rows, cols)`` in ``targets[k]``: ``view[...] = frame unique[k][rows, cols]``."""
+        self._decode(unique, targets)
 
-    def _decode(self, unique: np.ndarray, slots: Sequence[np.ndarray], box: tuple[int, int, int, int] | None) -> None:
+    def _decode(self, unique: np.ndarray, targets: Sequence[Sequence[tuple[np.ndarray, slice, slice]]]) -> None:
         if self._demuxed is None:
             raise DecodeError(f"{self._name}: video is closed")
         codec = self._demuxed.stream.codec_context
         packets = self._demuxed.packets
-        rows = cols = slice(None)
-        if box is not None:
-            top, left, h, w = box
-            rows, cols = slice(top, top + h), slice(left, left + w)
         slot = {int(i): k for k, i in enumerate(unique.tolist())}
         done = 0
         try:
             for i in unique.tolist():
                 for frame in codec.decode(packets[i]):
-                    done += self._put(frame, slot, slots, rows, cols)
+                    done += self._put(frame, slot, targets)
             if done < len(unique):  # a decoder that holds frames back gives them up when drained
                 for frame in codec.decode(None):
-                    done += self._put(frame, slot, slots, rows, cols)
+                    done += self._put(frame, slot, targets)
                 codec.flush_buffers()
         except _PYAV_ERRORS as err:
             raise DecodeError(f"{self._name}: PyAV: {_short(err)}") from err
         if done != len(unique):
             raise DecodeError(f"{self._name}: {len(unique) - done} of {len(unique)} intra frames did not decode")
 
-    def _put(self, frame: av.VideoFrame, slot: dict[int, int], slots: Sequence[np.ndarray], rows: slice,
-             cols: slice) -> int:
+    def _put(self, frame: av.VideoFrame, slot: dict[int, int], targets) -> int:
         k = slot.pop(self._index.get(frame.pts, -1), None)
         if k is None:
             return 0
-        # the converted frame is a view of swscale's output; only the crop is copied out of it
-        slots[k][...] = _to_rgb(self._reformatter, frame, self.width, self.height)[rows, cols]
+        rgb = _to_rgb(self._reformatter, frame, self.width, self.height)  # a view of swscale's output
+        for view, rows, cols in targets[k]:
+            view[...] = rgb[rows, cols]
         return 1
 
     def close(self) -> None:

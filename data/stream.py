@@ -193,7 +193,9 @@ def decode_clips(
     """The hot path of `ShardDataset`: K clips out of one encoded video, decoded once.
 
     K index lists are drawn independently, their sorted union is decoded in one ``get_batch`` (open and decode run
-    under ``timeout_s``), and each clip is built from its own frames with its own augmentation.
+    under ``timeout_s``), and each clip is built from its own frames with its own augmentation. Clips whose
+    augmentation is a crop and a flip are cut while decoding instead (`data.decode.Video.get_crops`): the same
+    pixels, from the same random draws.
 
     Args:
         data: the video bytes.
@@ -215,12 +217,14 @@ def decode_clips(
         DecodeError: the bytes do not decode, or not in time.
     """
     # The decode may be abandoned on timeout and go on in the background, so it must not touch ``rng``: the sampling's
-    # random numbers are drawn here and handed over, and so is the crop of a single clip that needs no more than one
-    # (`data.clip.draw_crop`): the decoder then writes each frame's crop straight into the clip's grid buffer.
+    # random numbers are drawn here and handed over, and so are the crops of clips that need no more than a crop and a
+    # flip (`data.clip.draw_crop`, drawn clip after clip as `make_frames` would draw them): the decoder then writes each
+    # frame's crops straight into the clips' grid buffers.
     uniforms = sampling_uniforms(spec, rng, samples_per_decode)
-    crop = draw_crop(spec, rng) if samples_per_decode == 1 else None
+    first = draw_crop(spec, rng)
+    crops = None if first is None else [first] + [draw_crop(spec, rng) for _ in range(samples_per_decode - 1)]
 
-    def work() -> tuple[list[np.ndarray | None], np.ndarray]:
+    def work() -> tuple[list[np.ndarray | None], np.ndarray | list[np.ndarray]]:
         start = time.process_time()
         try:
             with decode.open_video(data, modality=modality, kind=ext, short_side=spec.decode_short_side()) as video:
@@ -229,12 +233,16 @@ def decode_clips(
                     sample_indices(video.num_frames, spec, None if uniforms is None else uniforms[k])
                     for k in range(samples_per_decode)
                 ]
-                if crop is not None:
-                    box = crop.box(spec, video.height, video.width)
-                    grid, slots = grid_buffer(spec, box)
+                if crops is not None:
+                    grids, jobs = [], []
+                    for idx, crop in zip(draws, crops, strict=True):
+                        box = crop.box(spec, video.height, video.width)
+                        grid, slots = grid_buffer(spec, box)
+                        grids.append(grid)
+                        jobs.append((idx, box, slots))
                     sampled = time.process_time()
-                    video.get_crops(draws[0], box, slots)
-                    out = [None], grid
+                    video.get_crops(jobs)
+                    out = [None], grids
                 else:
                     if samples_per_decode == 1:  # get_batch returns exactly the frames asked for, repeats included
                         union, positions = draws[0], [None]
@@ -251,9 +259,9 @@ def decode_clips(
         return out
 
     positions, frames = decode.decode_with_timeout(work, timeout_s, what=what)
-    if crop is not None:
-        clip = finish_grid(frames, spec, crop.flip)
-        return [clip if output == "uint8" else normalize_clip(clip, spec.mean, spec.std)]
+    if crops is not None:
+        clips = [finish_grid(grid, spec, crop.flip) for grid, crop in zip(frames, crops, strict=True)]
+        return clips if output == "uint8" else [normalize_clip(c, spec.mean, spec.std) for c in clips]
     build = make_frames if output == "uint8" else make_clip
     return [build(frames if pos is None else frames[pos], spec, rng) for pos in positions]
 

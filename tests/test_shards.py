@@ -182,39 +182,44 @@ def test_intra_reader_falls_back_to_pyav_when_a_frame_does_not_decode(tmp_path, 
         assert video.backend == "pyav"
     with decode.open_video(sample["mp4"], kind="mp4") as video, decode.open_video(path, backend="pyav") as pyav:
         out = np.zeros((2, 40, 60, 3), np.uint8)
-        video.get_crops([19, 2], (4, 2, 40, 60), out)  # the crops fall back the same way
+        video.get_crops([([19, 2], (4, 2, 40, 60), out)])  # the crops fall back the same way
         assert video.backend == "pyav"
         assert np.array_equal(out, pyav.get_batch([19, 2])[:, 4:44, 2:62])
 
 
 @pytest.mark.parametrize("wanted", [[0, 3, 17, 20, 21, 38, 39, 5], [39, 0, 17, 17, 5, 38, 1, 1]])
 def test_get_crops_writes_each_frames_crop_into_a_strided_view(tmp_path, wanted):
-    """`Video.get_crops` = `get_batch` + crop, into a TIME grid buffer seen in source-frame order, for the intra
-    reader (which crops while converting each frame), decord and PyAV, and for depth."""
+    """`Video.get_crops` = `get_batch` + crop, into TIME grid buffers seen in source-frame order, for one clip and for
+    several sharing frames, with the intra reader (which crops while converting each frame), decord, PyAV and depth."""
     path = write_index_video(tmp_path / "v.mp4", 40, width=64, height=48)
     write_shards([Record(path, 0)], tmp_path / "out", short_side=48, progress=False)
     (sample,) = _samples(tmp_path / "out")
-    box = (5, 9, 30, 41)  # (top, left, h, w)
+    box, other = (5, 9, 30, 41), (0, 20, 48, 44)  # (top, left, h, w)
     spec = ClipSpec(num_frames=2, grid_n=2, input_size=64)  # L = 8 slots
+    second = [1, 17, 17, 38, 39, 39, 2, 3]  # shares frames with the first clip
     sources = [(sample["mp4"], {}, "pyav-intra"), (path, {"backend": "decord"}, "decord"),
                (path, {"backend": "pyav"}, "pyav"), (sample["mp4"], {"modality": "depth"}, "pyav-intra")]
     for source, kwargs, backend in sources:
         with decode.open_video(source, kind="mp4", **kwargs) as video:
             assert video.backend == backend
             grid, slots = grid_buffer(spec, box)
-            video.get_crops(wanted, box, slots)
+            video.get_crops([(wanted, box, slots)])
             expected = video.get_batch(wanted)[:, 5:35, 9:50]
             assert np.array_equal(np.stack(decode._slot_views(slots)), expected), (backend, kwargs)
             # the grid holds the frames where the TIME grid puts them
             cells = grid.transpose(0, 1, 3, 2, 4, 5).reshape(2, 4, 30, 41, 3)  # (T*, cell r N + c, h, w, 3)
             assert np.array_equal(cells[1, 2], expected[2 * 2 + 1])  # spatial: frame (r N + c) T* + t
+            both = [grid_buffer(spec, box)[1], np.zeros((8, 48, 44, 3), np.uint8)]
+            video.get_crops([(wanted, box, both[0]), (second, other, both[1])])
+            assert np.array_equal(both[0], slots)
+            assert np.array_equal(both[1], video.get_batch(second)[:, :, 20:64]), (backend, kwargs)
     with decode.open_video(sample["mp4"], kind="mp4") as video:
         with pytest.raises(ValueError, match="does not lie inside"):
-            video.get_crops(wanted, (20, 0, 30, 10), np.empty((8, 30, 10, 3), np.uint8))
+            video.get_crops([(wanted, (20, 0, 30, 10), np.empty((8, 30, 10, 3), np.uint8))])
         with pytest.raises(ValueError, match="does not hold"):
-            video.get_crops(wanted, box, np.empty((7, 30, 41, 3), np.uint8))
+            video.get_crops([(wanted, box, np.empty((7, 30, 41, 3), np.uint8))])
         with pytest.raises(IndexError):
-            video.get_crops([0, 40], box, np.empty((2, 30, 41, 3), np.uint8))
+            video.get_crops([([0, 40], box, np.empty((2, 30, 41, 3), np.uint8))])
 
 
 def test_short_side_auto_keep_and_sizes():

@@ -206,22 +206,27 @@ def intra_sample(tmp_path_factory) -> dict:
     ],
 )
 def test_decode_clips_equals_get_batch_and_make_frames(intra_sample, spec, monkeypatch):
-    """The single-clip route, where the decoder writes the crops into the grid (`Video.get_crops`), gives the clip
-    that decoding whole frames and `make_frames` give, from the same seed; the clips that need more take that path."""
+    """The route where the decoder writes the crops into the clips' grids (`Video.get_crops`) gives the clips that
+    decoding whole frames and `make_frames` give, from the same seed, for one clip and for K = 3 per decode; the clips
+    that need more take that path."""
     sample = intra_sample
-    crops = []
+    calls = []
     real = stream.decode.Video.get_crops
-    monkeypatch.setattr(stream.decode.Video, "get_crops", lambda self, *a: crops.append(self.backend) or real(self, *a))
+    monkeypatch.setattr(stream.decode.Video, "get_crops", lambda self, c: calls.append(self.backend) or real(self, c))
     direct = draw_crop(spec, np.random.default_rng(0)) is not None
-    for seed in range(6):
-        got = stream.decode_clips(sample["mp4"], "mp4", spec, np.random.default_rng(seed), output="uint8")
-        rng = np.random.default_rng(seed)
-        uniforms = sampling_uniforms(spec, rng, 1)
-        with stream.decode.open_video(sample["mp4"], kind="mp4", short_side=spec.decode_short_side()) as video:
-            idx = sample_indices(video.num_frames, spec, None if uniforms is None else uniforms[0])
-            expected = make_frames(video.get_batch(idx), spec, rng)
-        assert len(got) == 1 and torch.equal(got[0], expected)
-        floats = stream.decode_clips(sample["mp4"], "mp4", spec, np.random.default_rng(seed))
-        assert torch.equal(floats[0], normalize_clip(expected, spec.mean, spec.std))
-    assert crops == (["pyav-intra"] * 12 if direct else [])
+    for k in (1, 3) if spec.train else (1,):
+        for seed in range(4):
+            got = stream.decode_clips(sample["mp4"], "mp4", spec, np.random.default_rng(seed), samples_per_decode=k,
+                                      output="uint8")
+            rng = np.random.default_rng(seed)
+            uniforms = sampling_uniforms(spec, rng, k)
+            with stream.decode.open_video(sample["mp4"], kind="mp4", short_side=spec.decode_short_side()) as video:
+                draws = [sample_indices(video.num_frames, spec, None if uniforms is None else u) for u in
+                         (uniforms if uniforms is not None else [None])]
+                expected = [make_frames(video.get_batch(idx), spec, rng) for idx in draws]
+            assert len(got) == k and all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))
+            floats = stream.decode_clips(sample["mp4"], "mp4", spec, np.random.default_rng(seed), samples_per_decode=k)
+            normalised = [normalize_clip(e, spec.mean, spec.std) for e in expected]
+            assert all(torch.equal(f, e) for f, e in zip(floats, normalised, strict=True))
+    assert calls == (["pyav-intra"] * len(calls) if direct else []) and (len(calls) > 0) == direct
     assert direct == (spec.rotation == 0 and spec.crop not in ("rrc", "three"))
