@@ -293,10 +293,10 @@ class Video:
 
         `get_batch` of the union of the clips' indices followed by one copy of the crops per clip, fused: the intra
         reader (RGB) writes the crops of each frame as it converts the frame, so the whole frames are never stored and
-        no second pass reads them back (an N = 2 clip from a 240p shard: 0.3-0.5 ms less CPU, see
-        `timemae bench-loader`). Other backends and depth decode with `get_batch` and copy. A buffer may be any
-        strided view, such as a TIME grid buffer seen in source-frame order (`data.clip.grid_source_view`), which no
-        reshape to ``(L, h, w, 3)`` could give.
+        no second pass reads them back (an N = 2 clip from a 240p shard: 0.1-0.25 ms less outside decoding, up to
+        0.5 ms less CPU in all; `timemae bench-loader`). Other backends and depth decode with `get_batch` and copy.
+        A buffer may be any strided view, such as a TIME grid buffer seen in source-frame order
+        (`data.clip.grid_source_view`), which no reshape to ``(L, h, w, 3)`` could give.
 
         Args:
             clips: ``(indices, box, out)`` per clip: (L,) frame indices in [0, num_frames) in any order, repeats
