@@ -57,6 +57,7 @@ from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 from data.errors import DecodeError, UserError
+from data.transforms import Box
 
 
 def _import_decord() -> Any:
@@ -110,7 +111,6 @@ _DECORD_LOG_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
 _thread_budget = 1
 
 T = TypeVar("T")
-Box = tuple[int, int, int, int]  # a crop: (top, left, height, width) in frame pixels
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -271,13 +271,9 @@ class Video:
             IndexError: an index outside [0, num_frames).
             DecodeError: the frames cannot be decoded.
         """
-        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        idx = self._indices(indices)
         if idx.size == 0:
             return np.zeros((0, self.height, self.width, 3), dtype=np.uint8)
-        if idx.min() < 0 or idx.max() >= self.num_frames:
-            raise IndexError(
-                f"{self._name}: frame indices must lie in [0, {self.num_frames}), got {idx.min()}..{idx.max()}"
-            )
         unique, inverse = np.unique(idx, return_inverse=True)
         frames = self._read(unique)
         if self.modality == "depth":
@@ -313,13 +309,9 @@ class Video:
             top, left, h, w = (int(v) for v in box)
             if h < 1 or w < 1 or top < 0 or left < 0 or top + h > self.height or left + w > self.width:
                 raise ValueError(f"crop box {tuple(box)} does not lie inside the {self.height} x {self.width} frames")
-            idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+            idx = self._indices(indices)
             if out.dtype != np.uint8 or out.shape[-3:] != (h, w, 3) or math.prod(out.shape[:-3]) != idx.size:
                 raise ValueError(f"out {out.shape} {out.dtype} does not hold {idx.size} crops of {h} x {w} x 3 uint8")
-            if idx.size and (idx.min() < 0 or idx.max() >= self.num_frames):
-                raise IndexError(
-                    f"{self._name}: frame indices must lie in [0, {self.num_frames}), got {idx.min()}..{idx.max()}"
-                )
             jobs.append((idx, slice(top, top + h), slice(left, left + w), out))
         if not jobs or not any(idx.size for idx, *_ in jobs):
             return
@@ -354,6 +346,15 @@ class Video:
                 crops = crops[inverse[start : start + idx.size]]
             np.copyto(out, crops.reshape(out.shape))
             start += idx.size
+
+    def _indices(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
+        """``indices`` as a flat int64 array; IndexError for one outside [0, num_frames)."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.num_frames):
+            raise IndexError(
+                f"{self._name}: frame indices must lie in [0, {self.num_frames}), got {idx.min()}..{idx.max()}"
+            )
+        return idx
 
     def _read(self, unique: np.ndarray) -> np.ndarray:
         try:
