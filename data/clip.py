@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -106,6 +107,19 @@ class ClipSpec:
         if not 0 <= self.erase_prob <= 1:
             raise UserError(f"--reprob {self.erase_prob} is outside [0, 1]; use e.g. 0.25 (the official fine-tuning) "
                             "or 0 (off)")
+
+    @classmethod
+    def from_config(cls, cfg: Any, **overrides: Any) -> ClipSpec:
+        """The clip a run's flags describe: any object with the clip fields (``num_frames``, ``grid_n``,
+        ``input_size``, ``grid_arrangement``, ``sampling_rate``; `launch.fields.ClipFields`), plus ``overrides``.
+
+        ``sampling_rate`` 0 is TIME segment sampling, k > 0 the official stride sampling. Evaluation views of a
+        training spec are ``dataclasses.replace(spec, train=False, crop=..., view=...)``.
+        """
+        base = dict(num_frames=cfg.num_frames, grid_n=cfg.grid_n, input_size=cfg.input_size,
+                    arrangement=cfg.grid_arrangement, sampling="stride" if cfg.sampling_rate else "segment",
+                    sampling_rate=max(cfg.sampling_rate, 1))
+        return cls(**{**base, **overrides})
 
     @property
     def size(self) -> tuple[int, int]:

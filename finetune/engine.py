@@ -1,8 +1,8 @@
-"""The fine-tuning step and evaluation: layer-wise lr decay, mixup / CutMix, cross-entropy, multi-view accuracy.
+"""Fine-tuning's own parts of the trainer: layer-wise lr decay, mixup / CutMix, cross-entropy, multi-view accuracy.
 
-One optimizer step = ``accum_steps`` micro-batches; DeepSpeed counts micro-steps and applies the optimizer at the
-accumulation boundary (as in pretraining). The lr schedule, the per-position seeds and the loop state are
-shared with pretraining (`launch.loop`), so both stages warm up, decay and resume the same way.
+The step loop, accumulation, the non-finite guard, checkpoints and resume are the shared trainer's
+(`launch.trainer`); `FinetuneStage` is what it calls. Mixup draws from a generator seeded by the micro-batch's
+position, so a resumed run mixes the same.
 
 Evaluation reads every validation video once per temporal clip (``exact`` shard mode: each video on exactly one
 rank), sums the softmax over the video's views (clips x crops), gathers the per-video sums from every rank and
@@ -11,8 +11,10 @@ merges them by video key, so every video is counted exactly once however the sha
 
 from __future__ import annotations
 
+import json
+import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -21,9 +23,11 @@ import torch.nn.functional as F
 
 from data.clip import as_model_input
 from finetune.config import Derived, FinetuneConfig
-from launch.loop import LoopState, adamw, lr_at, step_seed
+from launch import config as config_lib
+from launch.loop import adamw
+from launch.trainer import DTYPES, StageHooks
 
-__all__ = ["evaluate", "layer_decay_groups", "make_optimizer", "mix_batch", "soft_cross_entropy", "train_step"]
+__all__ = ["FinetuneStage", "evaluate", "layer_decay_groups", "make_optimizer", "mix_batch", "soft_cross_entropy"]
 
 
 def layer_decay_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
@@ -106,79 +110,83 @@ def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tens
     return torch.sum(-target * F.log_softmax(logits.float(), dim=-1), dim=-1).mean()
 
 
-def _all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(t)
-    return t.tolist()
-
-
-def _world_size() -> int:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_world_size()
-    return 1
-
-
 def model_input(clips: torch.Tensor, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A loader batch (uint8 pixels or normalised floats) -> the normalised model input on ``device``."""
     return as_model_input(clips.to(device, non_blocking=True), dtype=dtype)
 
 
-def train_step(engine, batches: Iterator[dict], cfg: FinetuneConfig, d: Derived, state: LoopState, *,
-               rank: int, device: torch.device, dtype: torch.dtype) -> dict:
-    """One optimizer step over ``accum_steps`` good micro-batches. Returns the values to log.
+class FinetuneStage(StageHooks):
+    """Fine-tuning's part of the trainer (`launch.trainer.Stage`): mixup / CutMix and the cross-entropy, evaluation
+    after the flagged steps, ``best.pth`` whenever the top-1 improves."""
 
-    A micro-batch whose loss is not finite on any rank is skipped by every rank and counted, as in pretraining;
-    `NonFiniteLoss` after ``cfg.max_bad_steps`` in a row. The logged ``lr`` is the head's (scale 1); lower layers get
-    ``lr x lr_scale``. ``train_top1`` is the batch accuracy against the unmixed labels.
-    """
-    lr = lr_at(state.step, d)
-    for group in engine.optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
-    losses, wait, skipped, correct, seen, own_norm = [], 0.0, 0, 0, 0, None
-    while len(losses) < cfg.accum_steps:
-        t0 = time.perf_counter()
-        batch = next(batches)
-        wait += time.perf_counter() - t0
-        micro = len(losses) + skipped
-        state.micro_batches += 1
+    def __init__(self, cfg: FinetuneConfig, d: Derived, loaders: Callable[[], Iterator] | None):
+        self.cfg, self.d, self.loaders = cfg, d, loaders
+        self.best = {"top1": -1.0, "step": 0}
+
+    def make_optimizer(self, model: torch.nn.Module, lr: float, device: torch.device):
+        return make_optimizer(model, self.cfg, lr, device)
+
+    def micro_loss(self, engine, batch: dict, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
+        cfg, device = self.cfg, engine.device
         x = model_input(batch["clip"], device)  # (B, 3, T, H, W) fp32
         labels = batch["label"].to(device)
-        rng = np.random.default_rng(step_seed(cfg.seed, rank, state.step, micro))
-        x, target = mix_batch(x, labels, d.num_classes, smoothing=cfg.label_smoothing, mixup=cfg.mixup,
-                              cutmix=cfg.cutmix, switch_prob=cfg.mixup_switch_prob, rng=rng)
-        logits = engine(x.to(dtype))
-        loss = soft_cross_entropy(logits, target)
-        if not state.loss_is_finite(loss, cfg.max_bad_steps):
-            skipped += 1
-            continue
-        engine.backward(loss)
-        if engine.is_gradient_accumulation_boundary():
-            own_norm = _grad_norm(engine.module) if d.zero_stage == 0 and d.precision == "fp32" else None
-        engine.step()
-        losses.append(float(loss.detach()))
-        correct += int((logits.detach().argmax(-1) == labels).sum())
-        seen += labels.numel()
-    state.step += 1
-    loss_sum, correct_sum, seen_sum = _all_reduce_sum([float(np.mean(losses)), correct, seen], device)
-    grad_norm = engine.get_global_grad_norm()
-    if grad_norm is None:  # DeepSpeed computes it in its fp16 / bf16 / ZeRO optimizers only
-        grad_norm = own_norm
-    return {
-        "kind": "train",
-        "loss": loss_sum / _world_size(),  # mean over ranks
-        "lr": lr,
-        "grad_norm": float(grad_norm) if grad_norm is not None else None,
-        "data_wait_s": wait,
-        "train_top1": correct_sum / max(seen_sum, 1.0),
-        "skipped_micro_batches": skipped,
-    }
+        x, target = mix_batch(x, labels, self.d.num_classes, smoothing=cfg.label_smoothing, mixup=cfg.mixup,
+                              cutmix=cfg.cutmix, switch_prob=cfg.mixup_switch_prob, rng=np.random.default_rng(seed))
+        logits = engine(x.to(DTYPES[self.d.precision]))
+        correct = int((logits.detach().argmax(-1) == labels).sum())
+        return soft_cross_entropy(logits, target), {"correct": correct, "seen": labels.numel()}
+
+    def step_values(self, sums: dict[str, float]) -> dict:
+        """``train_top1``: the batch accuracy against the unmixed labels."""
+        return {"train_top1": sums.get("correct", 0.0) / max(sums.get("seen", 0.0), 1.0)}
+
+    def after_step(self, trainer, engine, step: int) -> None:
+        if self.loaders and (step % self.d.eval_every == 0 or step == self.d.total_steps):
+            metrics = run_eval(engine.module, self.loaders, trainer, self.d, step)
+            if metrics["top1"] > self.best["top1"]:
+                self.best.update(top1=metrics["top1"], step=step)
+                save_best(trainer.full_state_dict(engine), self.cfg, metrics, step)
+
+    def client_state(self) -> dict:
+        return {"best": dict(self.best)}
+
+    def load_client_state(self, state: dict) -> str:
+        self.best.update(state.get("best", {}))
+        return f" (best top-1 so far {self.best['top1']:.4f})"
+
+    def summary(self) -> str:
+        return f"; best top-1 {self.best['top1']:.4f} at step {self.best['step']}"
 
 
-def _grad_norm(module: torch.nn.Module) -> float:
-    """L2 norm of all gradients (before clipping; ZeRO 0 has averaged them over ranks in the backward pass)."""
-    norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+def run_eval(module, loaders, trainer, d: Derived, step: int) -> dict:
+    """Evaluate on every rank (collective), log the record under ``eval/``; the training RNG is left untouched."""
+    device, log = trainer.device, trainer.log
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        metrics = evaluate(module, loaders(), device=device, dtype=trainer.dtype, num_classes=d.num_classes)
+    metrics["eval_time_s"] = time.perf_counter() - t0
+    log.log_step(step, metrics, console=False, prefix="eval")
+    log.info(f"eval step {step}: top1 {metrics['top1']:.4f}  top5 {metrics['top5']:.4f}  on {metrics['num_videos']} "
+             f"videos x {d.num_views} views ({metrics['eval_time_s']:.1f} s)")
+    if metrics["num_videos"] != d.num_val_samples:
+        log.info(f"warning: {metrics['num_videos']} of {d.num_val_samples} validation videos were evaluated "
+                 "(the others failed to decode; see the warnings above)")
+    return metrics
+
+
+def save_best(state: dict | None, cfg: FinetuneConfig, metrics: dict, step: int) -> None:
+    """``best.pth`` (the classifier's fp32 state dict, loadable with --init-from) and ``best.json``, atomically;
+    rank 0 only (the others pass ``state=None``)."""
+    from launch.checkpoint import atomic_write_text
+    from models.checkpoint import atomic_save
+
+    if state is None:
+        return
+    summary = {"step": step, **{k: metrics[k] for k in ("top1", "top5", "num_videos", "num_views")}}
+    atomic_save({"model": state, "config": config_lib.to_dict(cfg), **summary},
+                os.path.join(cfg.output_dir, "best.pth"))
+    atomic_write_text(os.path.join(cfg.output_dir, "best.json"),
+                      json.dumps({**summary, "weights": "best.pth"}, indent=2) + "\n")
 
 
 def _gather(obj: Any) -> list[Any]:

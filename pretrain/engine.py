@@ -1,19 +1,21 @@
-"""The pretraining step and loop: masks, loss, DeepSpeed backward/step, logging, checkpoints.
+"""Pretraining's own parts of the trainer: AdamW groups, masks, the reconstruction loss, reconstructions, export.
 
-One optimizer step = ``accum_steps`` micro-batches. DeepSpeed counts micro-steps and applies the optimizer at the
-accumulation boundary; the loss it receives is divided by ``accum_steps`` inside ``engine.backward``.
+The step loop, accumulation, the non-finite guard, checkpoints and resume are the shared trainer's
+(`launch.trainer`); `PretrainStage` is what it calls. The mask of a micro-batch is seeded by its position (seed,
+rank, step, micro-batch), so a resumed run masks the same tokens.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator
+import dataclasses
+import os
 
-import numpy as np
 import torch
 
 from data.clip import as_model_input
-from launch.loop import LoopState, adamw, lr_at, step_seed
+from launch import config as config_lib
+from launch.loop import adamw
+from launch.trainer import DTYPES, StageHooks
 from pretrain.config import Derived, PretrainConfig
 from pretrain.loss import reconstruction_loss
 from pretrain.masking import random_mask, running_cell_mask, tube_mask
@@ -45,55 +47,68 @@ def make_masks(cfg: PretrainConfig, batch: int, grid: tuple[int, int, int], seed
     return mask, decoder_mask
 
 
-def train_step(engine, batches: Iterator[dict], cfg: PretrainConfig, d: Derived, state: LoopState, *,
-               rank: int, device: torch.device, dtype: torch.dtype) -> dict:
-    """One optimizer step over ``accum_steps`` good micro-batches. Returns the values to log.
+class PretrainStage(StageHooks):
+    """Pretraining's part of the trainer (`launch.trainer.Stage`): masks and the reconstruction loss, the
+    reconstructions of a fixed clip, the encoder export after each checkpoint."""
 
-    A micro-batch whose loss is not finite on any rank is skipped by every rank (no backward, no step, so ranks and
-    DeepSpeed's micro-step counter stay in step) and counted; the next micro-batch takes its place. After
-    ``cfg.max_bad_steps`` in a row, `NonFiniteLoss` stops the run. DeepSpeed's fp16 loss scaler separately skips
-    optimizer steps whose gradients overflow.
-    """
-    lr = lr_at(state.step, d)
-    for group in engine.optimizer.param_groups:
-        group["lr"] = lr
-    losses, wait, skipped = [], 0.0, 0
-    while len(losses) < cfg.accum_steps:
-        t0 = time.perf_counter()
-        batch = next(batches)
-        wait += time.perf_counter() - t0
-        micro = len(losses) + skipped
-        state.micro_batches += 1
+    def __init__(self, cfg: PretrainConfig, d: Derived, dataset):
+        self.cfg, self.d, self.dataset = cfg, d, dataset
+        self.fixed: tuple[torch.Tensor, torch.Tensor] | None = None  # the reconstructions' clip and mask
+
+    def make_optimizer(self, model: torch.nn.Module, lr: float, device: torch.device):
+        return make_optimizer(model, self.cfg, lr, device)
+
+    def micro_loss(self, engine, batch: dict, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
         # uint8 (B, T, H, W, 3) from the loader, normalised on the device -> (B, 3, T, H, W) fp32
+        device = engine.device
         x = as_model_input(batch["clip"].to(device, non_blocking=True))
-        mask, decoder_mask = make_masks(cfg, x.shape[0], d.token_grid, step_seed(cfg.seed, rank, state.step, micro))
+        mask, decoder_mask = make_masks(self.cfg, x.shape[0], self.d.token_grid, seed)
         mask = mask.to(device)
         decoder_mask = decoder_mask.to(device) if decoder_mask is not None else None
-        pred = engine(x.to(dtype), mask, decoder_mask)
+        pred = engine(x.to(DTYPES[self.d.precision]), mask, decoder_mask)
         module = engine.module
         # The target comes from the fp32 input, whatever the compute precision (spec: loss in fp32).
         loss = reconstruction_loss(pred, x, mask, patch_size=module.patch_size, tubelet_size=module.tubelet_size,
-                                   normalize_target=cfg.norm_pix_loss, decoder_mask=decoder_mask)
-        if not state.loss_is_finite(loss, cfg.max_bad_steps):
-            skipped += 1
-            continue
-        engine.backward(loss)
-        engine.step()
-        losses.append(float(loss.detach()))
-    state.step += 1
-    mean_loss = torch.tensor([float(np.mean(losses))])
-    if torch.distributed.is_available() and torch.distributed.is_initialized():  # log the mean over ranks
-        mean_loss = mean_loss.to(device)
-        torch.distributed.all_reduce(mean_loss)
-        mean_loss /= torch.distributed.get_world_size()
-    grad_norm = engine.get_global_grad_norm() if hasattr(engine, "get_global_grad_norm") else None
-    out = {
-        "loss": float(mean_loss.item()),
-        "lr": lr,
-        "grad_norm": float(grad_norm) if grad_norm is not None else None,
-        "data_wait_s": wait,
-        "skipped_micro_batches": skipped,
-    }
-    if d.precision == "fp16" and hasattr(engine.optimizer, "cur_scale"):
-        out["loss_scale"] = float(engine.optimizer.cur_scale)
-    return out
+                                   normalize_target=self.cfg.norm_pix_loss, decoder_mask=decoder_mask)
+        return loss, {}
+
+    def after_step(self, trainer, engine, step: int) -> None:
+        every = self.cfg.recon_every
+        if every and (step % every == 0 or step == 1):
+            self.log_reconstruction(trainer, engine, step)
+
+    def after_checkpoint(self, trainer, engine) -> str:
+        """Write ``encoder.pth`` (official fine-tune key names + config) from the full weights."""
+        from models.checkpoint import save_encoder
+
+        state = trainer.full_state_dict(engine)
+        path = os.path.join(self.cfg.output_dir, "encoder.pth")
+        if state is not None:
+            save_encoder(state, path, config_lib.to_dict(self.cfg))
+        return f"; encoder export {path}"
+
+    def log_reconstruction(self, trainer, engine, step: int) -> None:
+        """Reconstruct a fixed clip with a fixed mask; every rank runs it (ZeRO-3 gathers the weights)."""
+        from pretrain.visualize import reconstruction_image
+
+        if self.fixed is None:
+            mask, _ = make_masks(self.cfg, 1, self.d.token_grid, self.cfg.seed)
+            self.fixed = (fixed_clip(self.dataset, trainer.device), mask.to(trainer.device))
+        x, mask = self.fixed
+        module = engine.module
+        was_training = module.training
+        module.eval()
+        with torch.no_grad():
+            pred = module(x.to(trainer.dtype), mask)
+        module.train(was_training)
+        image = reconstruction_image(module, x, mask, pred, normalize_target=self.cfg.norm_pix_loss)
+        trainer.log.log_images("reconstruction/original_masked_reconstructed", image[None], step)
+
+
+def fixed_clip(dataset, device: torch.device) -> torch.Tensor:
+    """(1, 3, T, H, W): the first sample of the first shard, evaluation sampling; outside the training stream."""
+    from data.stream import ShardDataset
+
+    probe = ShardDataset(dataset.shards[:1], dataclasses.replace(dataset.spec, train=False, crop="center"),
+                         mode="exact", shuffle_buffer=0, rank=0, world_size=1)
+    return next(iter(probe))["clip"][None].to(device)

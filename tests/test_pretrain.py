@@ -156,7 +156,7 @@ def test_tiny_model_learns_on_demo_shards(demo_dir, tmp_path):
         (["--grid-n", "64"], "smaller than --grid-n 64"),
         (["--batch-size", "0"], "--batch-size 0 is < 1"),
         (["--data", "/no/such/shards"], "/no/such/shards"),
-        (["--modality", "depth", "--data", "DEMO_RGB"], "--modality depth but the shards hold rgb"),
+        (["--modality", "depth", "--data", "DEMO_RGB"], "--modality depth but the --data shards hold rgb"),
         (["--resume", "/no/such/ckpt"], "--resume /no/such/ckpt"),
     ],
 )

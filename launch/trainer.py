@@ -1,0 +1,346 @@
+"""The one trainer both stages use: distributed start-up, DeepSpeed, the step loop, checkpoints, resume, preemption.
+
+A stage (pretraining, fine-tuning) supplies only what is its own, as a `Stage`: the optimizer's parameter groups,
+the loss of one micro-batch, and optional hooks (after a step: evaluation or reconstructions; after a checkpoint:
+an export; extra client state such as the best accuracy). Everything else happens here, the same way for both:
+
+    trainer = Trainer(cfg)                  # reads the launcher's environment (rank, world size)
+    trainer.start()                         # process group, device, precision, logger
+    dataset = trainer.train_dataset(source, spec)
+    trainer.fit(stage, model, dataset, derived, summary)
+
+One optimizer step = ``cfg.accum_steps`` good micro-batches. DeepSpeed counts micro-steps and applies the optimizer
+at the accumulation boundary (it divides the loss by ``accum_steps`` inside ``engine.backward``). A micro-batch whose
+loss is not finite on any rank is skipped by every rank and counted (`launch.loop.LoopState`). The randomness of a
+micro-batch (masks, mixup) is seeded by its position (seed, rank, step, micro-batch), and the data stream resumes at
+the consumed position, so a run killed and resumed logs the same losses as one that was not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from data.errors import UserError
+from launch import config as config_lib
+from launch import distributed
+from launch.checkpoint import CheckpointManager
+from launch.ds_config import make_ds_config, merge_extra, resolve_precision
+from launch.logger import RunLogger
+from launch.loop import LoopState, NonFiniteLoss, device_memory, lr_at, step_seed
+
+DEMO_DIR = os.environ.get("TIMEMAE_DEMO_DIR", os.path.join("runs", "demo"))
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+class Stage(Protocol):
+    """What a training stage supplies to `Trainer.fit`. Hooks a stage does not need can be inherited from
+    `StageHooks`."""
+
+    def make_optimizer(self, model: torch.nn.Module, lr: float, device: torch.device) -> torch.optim.Optimizer:
+        """The optimizer over the model's parameter groups; a group's ``lr_scale`` multiplies the scheduled lr."""
+
+    def micro_loss(self, engine, batch: dict, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Forward one micro-batch through ``engine``; returns the scalar loss and counts to sum (e.g. correct)."""
+
+    def step_values(self, sums: dict[str, float]) -> dict[str, Any]:
+        """Values to log from the counts `micro_loss` returned, summed over micro-batches and ranks."""
+
+    def after_step(self, trainer: Trainer, engine, step: int) -> None:
+        """Every rank, after each optimizer step (evaluation, reconstructions); its time is not counted as training."""
+
+    def after_checkpoint(self, trainer: Trainer, engine) -> str:
+        """Every rank, after each checkpoint (an export); returns text for the checkpoint's log line."""
+
+    def client_state(self) -> dict:
+        """Extra plain data stored in every checkpoint."""
+
+    def load_client_state(self, state: dict) -> str:
+        """Restore what `client_state` stored; returns text for the resume log line."""
+
+    def summary(self) -> str:
+        """The end of the run's last log line."""
+
+
+class StageHooks:
+    """No-op defaults for the optional parts of `Stage`."""
+
+    def step_values(self, sums: dict[str, float]) -> dict[str, Any]:
+        return {}
+
+    def after_step(self, trainer: Trainer, engine, step: int) -> None:
+        return None
+
+    def after_checkpoint(self, trainer: Trainer, engine) -> str:
+        return ""
+
+    def client_state(self) -> dict:
+        return {}
+
+    def load_client_state(self, state: dict) -> str:
+        return ""
+
+    def summary(self) -> str:
+        return ""
+
+
+class Trainer:
+    """Run plumbing for one config made of the `launch.fields` groups.
+
+    Attributes (after `start`): ``info`` (rank, world size, launcher), ``device``, ``precision`` and ``dtype`` (the
+    compute precision), ``log`` (`RunLogger`, writing on rank 0 only).
+    """
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+        self.info = distributed.detect()
+        self.device: torch.device | None = None
+        self.precision = "fp32"
+        self.dtype = torch.float32
+        self.log: RunLogger | None = None
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Start-up
+
+    def start(self) -> None:
+        """Join the process group, pick the device and precision, open the run log."""
+        self.device = distributed.init(self.info)
+        self.precision = resolve_precision(self.cfg.precision, self.device)
+        self.dtype = DTYPES[self.precision]
+        self.log = RunLogger(self.cfg.output_dir, enabled=self.info.is_main)
+        self.log.info(distributed.format_rank_map(distributed.rank_map(self.info, self.device), self.info.launcher))
+
+    def seed(self) -> None:
+        """Identical initial weights on every rank; numpy's global state differs per rank."""
+        torch.manual_seed(self.cfg.seed)
+        np.random.seed(self.cfg.seed + self.info.rank)
+
+    def demo_shards(self, split: str) -> str:
+        """The embedded demo data's shards of ``split`` in the run's modality (rank 0 generates them once)."""
+        from data.demo import demo_shards, ensure_demo
+
+        if self.info.is_main:
+            ensure_demo(DEMO_DIR, reuse_any=True)
+        distributed.barrier()
+        return demo_shards(ensure_demo(DEMO_DIR, reuse_any=True), split, self.cfg.modality)  # only reads the stamp
+
+    def train_dataset(self, source: str, spec, **options: Any):
+        """The endless, shuffled training stream of this rank (`data.stream.ShardDataset`, resampled mode)."""
+        from data.stream import ShardDataset
+
+        cfg = self.cfg
+        dataset = ShardDataset(source, spec, mode="resampled", shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
+                               rank=self.info.rank, world_size=self.info.world_size, output="uint8", **options)
+        check_modality(dataset, cfg.modality, "--data")
+        return dataset
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Weights
+
+    def checkpoints(self) -> CheckpointManager:
+        return CheckpointManager(self.cfg.output_dir, rank=self.info.rank, keep_last=self.cfg.keep_last)
+
+    def load_for_eval(self, model: torch.nn.Module) -> str | None:
+        """Without an engine (evaluation only): the resumed checkpoint's consolidated weights into ``model``."""
+        ckpt = self.checkpoints()
+        folder = ckpt.find(self.cfg.resume)
+        ckpt.prepare_resume(folder, model, world_size=self.info.world_size, zero_stage=self.cfg.zero_stage,
+                            log=self.log.info, consolidated=True)
+        return folder
+
+    def full_state_dict(self, engine) -> dict[str, torch.Tensor] | None:
+        """The whole model's weights in fp32 on the CPU on rank 0 (None elsewhere). Collective: every rank calls it.
+
+        Under ZeRO-3 the weights are partitioned over the ranks; the engine gathers them.
+        """
+        if engine.zero_optimization_partition_weights():
+            state = engine._zero3_consolidated_16bit_state_dict()  # collective: every rank takes part
+        else:
+            state = engine.module.state_dict() if self.info.is_main else None
+        if not self.info.is_main:
+            return None
+        return {k: v.detach().float().cpu() for k, v in state.items()}  # like released files, whatever the precision
+
+    # -----------------------------------------------------------------------------------------------------------------
+    # Training
+
+    def fit(self, stage: Stage, model: torch.nn.Module, dataset, d: Any, summary: str) -> int:
+        """Train ``model`` on ``dataset`` for ``d.total_steps`` steps; resume, checkpoint and stop as flagged.
+
+        Args:
+            stage: the stage's own parts (`Stage`).
+            model: the model, on the CPU, initial weights loaded (a resume replaces them).
+            dataset: the training `ShardDataset` (`train_dataset`).
+            d: the derived values (``global_batch``, ``lr``, ``total_steps``, ``steps_per_epoch``, schedule, ...).
+            summary: the run's description, logged once before the first step.
+
+        Returns:
+            The exit code: 0 when done or stopped by a signal (checkpoint written), 1 after too many non-finite
+            losses.
+        """
+        cfg, info, log, device = self.cfg, self.info, self.log, self.device
+        ckpt = self.checkpoints()
+        resume_dir = ckpt.find(cfg.resume)
+        same_world = ckpt.prepare_resume(resume_dir, model, world_size=info.world_size, zero_stage=cfg.zero_stage,
+                                         log=log.info)
+        ds_cfg = merge_extra(make_ds_config(micro_batch=cfg.batch_size, accum_steps=cfg.accum_steps,
+                                            world_size=info.world_size, precision=self.precision,
+                                            zero_stage=cfg.zero_stage, clip_grad=cfg.clip_grad,
+                                            bf16_overflow_check=cfg.bf16_overflow_check), cfg.ds_config)
+        if info.is_main:
+            config_lib.write_run_files(cfg.output_dir, cfg, ds_cfg, d)
+        log.info(summary)
+
+        import deepspeed
+
+        optimizer = stage.make_optimizer(model, d.lr, device)
+        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
+        state = LoopState()
+        if resume_dir:
+            client = ckpt.resume_state(engine, resume_dir, same_world)
+            state.step, state.micro_batches = int(client["step"]), int(client["micro_batches"])
+            state.last_good_checkpoint = resume_dir
+            log.info(f"resumed at step {state.step} from {resume_dir}{stage.load_client_state(client)}")
+        from data.stream import make_loader
+
+        dataset.resume_from(state.micro_batches, cfg.batch_size, cfg.num_workers)
+        loader = make_loader(dataset, cfg.batch_size, cfg.num_workers)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            batches = iter(loader)  # the loader's base seed must not move the training RNG (drop path): exact resume
+
+        def save() -> None:
+            client = {"timemae": {"step": state.step, "micro_batches": state.micro_batches,
+                                  "epoch": state.step / d.steps_per_epoch, "config": config_lib.to_dict(cfg),
+                                  **stage.client_state()}}
+            folder = ckpt.save(engine, state.step, client, {"world_size": info.world_size,
+                                                            "zero_stage": cfg.zero_stage, "precision": self.precision})
+            state.last_good_checkpoint = folder
+            log.info(f"checkpoint {folder}{stage.after_checkpoint(self, engine)}")
+
+        from launch.preemption import StopRequest, requeue
+
+        stop = StopRequest()
+        window_t, window_clips = time.perf_counter(), 0
+        try:
+            while state.step < d.total_steps:
+                out = self.train_step(engine, batches, stage, d, state)
+                window_clips += d.global_batch
+                if state.step % cfg.log_every == 0 or state.step == d.total_steps:
+                    now = time.perf_counter()
+                    out["clips_per_s"] = window_clips / (now - window_t)
+                    out["step_time_s"] = (now - window_t) / max(1, window_clips // d.global_batch)
+                    out["epoch"] = state.step / d.steps_per_epoch
+                    out.update(device_memory(device))
+                    out.update({f"data_{k}": v for k, v in dataset.stats().items()})
+                    log.log_step(state.step, out)
+                    window_t, window_clips = now, 0
+                hook_t = time.perf_counter()
+                stage.after_step(self, engine, state.step)
+                window_t += time.perf_counter() - hook_t  # clips/s counts training only
+                saved = state.step % cfg.save_every == 0 or state.step == d.total_steps
+                if saved:
+                    save()
+                if state.step < d.total_steps and stop.should_stop(device):
+                    log.info(f"received {stop.name}: checkpointing at step {state.step}")
+                    if not saved:
+                        save()
+                    if info.is_main:
+                        log.info(requeue())
+                    return 0
+        except NonFiniteLoss as err:
+            log.info(f"stopping: {err}")
+            return 1
+        finally:
+            log.close()
+        log.info(f"done: {state.step} steps{stage.summary()}; run folder {cfg.output_dir}")
+        return 0
+
+    def train_step(self, engine, batches: Iterator[dict], stage: Stage, d: Any, state: LoopState) -> dict:
+        """One optimizer step over ``accum_steps`` good micro-batches. Returns the values to log.
+
+        The logged ``lr`` is the scheduled one (scale 1); a parameter group with ``lr_scale`` (layer decay, TRM's
+        offsets) gets ``lr x lr_scale``.
+        """
+        cfg = self.cfg
+        lr = lr_at(state.step, d)
+        for group in engine.optimizer.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        losses, sums, wait, skipped, own_norm = [], {}, 0.0, 0, None
+        while len(losses) < cfg.accum_steps:
+            t0 = time.perf_counter()
+            batch = next(batches)
+            wait += time.perf_counter() - t0
+            micro = len(losses) + skipped
+            state.micro_batches += 1
+            loss, counts = stage.micro_loss(engine, batch, step_seed(cfg.seed, self.info.rank, state.step, micro))
+            if not state.loss_is_finite(loss, cfg.max_bad_steps):
+                skipped += 1
+                continue
+            engine.backward(loss)
+            if engine.is_gradient_accumulation_boundary() and cfg.zero_stage == 0 and self.precision == "fp32":
+                own_norm = grad_norm(engine.module)  # DeepSpeed computes it in its fp16 / bf16 / ZeRO optimizers only
+            engine.step()
+            losses.append(float(loss.detach()))
+            for key, value in counts.items():
+                sums[key] = sums.get(key, 0.0) + value
+        state.step += 1
+        keys = sorted(sums)
+        totals = all_reduce_sum([float(np.mean(losses)), *(sums[k] for k in keys)], self.device)
+        norm = engine.get_global_grad_norm()
+        norm = own_norm if norm is None else norm
+        out = {
+            "kind": "train",
+            "loss": totals[0] / self.info.world_size,  # mean over ranks
+            "lr": lr,
+            "grad_norm": float(norm) if norm is not None else None,
+            "data_wait_s": wait,
+            **stage.step_values(dict(zip(keys, totals[1:], strict=True))),
+            "skipped_micro_batches": skipped,
+        }
+        if self.precision == "fp16" and hasattr(engine.optimizer, "cur_scale"):
+            out["loss_scale"] = float(engine.optimizer.cur_scale)
+        return out
+
+
+def check_modality(dataset, modality: str, flag: str) -> None:
+    """The first record of the first shard must hold ``modality`` videos."""
+    from data.stream import iter_tar
+
+    for sample in iter_tar(dataset.shards[0]):
+        found = json.loads(sample["json"]).get("modality", "rgb")
+        if found != modality:
+            raise UserError(f"--modality {modality} but the {flag} shards hold {found} videos ({dataset.shards[0]}); "
+                            f"use --modality {found} or other {flag}")
+        return
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sums over all ranks (float64; a collective when distributed)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def grad_norm(module: torch.nn.Module) -> float:
+    """L2 norm of all gradients (before clipping; ZeRO 0 has averaged them over ranks in the backward pass)."""
+    norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+
+
+def entry(main, prog: str) -> None:
+    """A training script's ``__main__``: `UserError` -> one line and exit 2; a finished run exits without teardown."""
+    import sys
+
+    try:
+        code = main()
+    except UserError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    distributed.exit_now(code)
