@@ -1,9 +1,9 @@
 """Fine-tuning configuration: one flat dataclass, one flag per field (``layer_decay`` -> ``--layer-decay``).
 
-Defaults follow the official VideoMAE fine-tuning recipe (shared/specs/videomae.md): AdamW, base lr 1e-3 per 256 clips,
-layer-wise lr decay 0.75, weight decay 0.05, drop path 0.1, 5 warm-up epochs then cosine to 1e-6, label smoothing
-0.1, mixup 0.8 / CutMix 1.0, RandAugment rand-m7-n4-mstd0.5-inc1 and random erasing 0.25 (both on the training
-clips only, the same for every frame, `data.augment`), DeepSpeed ZeRO stage 0. The clip follows pretraining:
+The optimisation and augmentation fields left unset (None) take the model family's recipe (`finetune.recipes`: the
+official VideoMAE fine-tuning for the VideoMAE ViTs, the TSN recipe of the STW / TRM / ATR papers for the ResNets);
+the run resolves them once (`finetune.recipes.resolve`) and logs the values it filled in. DeepSpeed ZeRO stage 0
+(the official fine-tuning's). The clip follows pretraining:
 ``--grid-n 2`` (the TIME paper's RGB choice) with segment sampling over the whole video.
 """
 
@@ -14,33 +14,46 @@ import dataclasses
 from launch.config import field
 from launch.fields import ClipFields, ModelFields, OptimFields, RunFields, schedule_values
 
+RECIPE = "; None = the model family's recipe (finetune/recipes.py)"
+
 
 @dataclasses.dataclass(frozen=True)
 class FinetuneConfig(RunFields, OptimFields, ClipFields, ModelFields):  # fields in reverse order: model first
     """The shared groups (`launch.fields`) with fine-tuning's defaults, plus the head, augmentation and evaluation."""
 
     # model (ModelFields)
-    model: str = field("vit_base", "model preset: vit_tiny, vit_small, vit_base, vit_large, vit_huge")
-    init_from: str = field("", "initial weights: our encoder.pth or pretraining checkpoint, best.pth, or an official "
-                               "VideoMAE pretraining / fine-tuning file")
-    drop_path: float = field(0.1, "stochastic depth rate of the encoder")
+    model: str = field("vit_base", "classifier: vit_tiny, vit_small, vit_base, vit_large, vit_huge (VideoMAE), "
+                                   "resnet18, resnet50, resnet101 (TSN), vit_b16 (image ViT-B/16, TSN)")
+    temporal: str = field("none", "temporal module inserted into every block of the ResNet stages (TSN ResNets only)",
+                          choices=("none", "tsm", "stw", "trm", "atr"))
+    temporal_stages: tuple[int, ...] = field((), "ResNet stages (1-4 = layer1-layer4) that get the module; empty = "
+                                                 "the paper's (tsm / stw 1-4, trm 3 4, atr 2-4)")
+    temporal_options: tuple[str, ...] = field((), "module options as key=value, e.g. variant=strm relocate_ratio=0.25 "
+                                                  "(README lists each module's options)")
+    reset_head: bool = field(False, "--init-from: drop the file's classifier and train a new one (another class set)")
+    init_from: str = field("", "initial weights from a local file: our encoder.pth, pretraining checkpoint or "
+                               "best.pth, an official VideoMAE file, or a timm / torchvision ImageNet state_dict")
+    drop_path: float | None = field(None, "stochastic depth rate" + RECIPE)
+    dropout: float | None = field(None, "dropout before the classifier (TSN models; 0.5 in the TSN recipe)" + RECIPE)
     num_classes: int = field(0, "classes of the head; 0 = inferred from the shards' labels")
-    layer_decay: float = field(0.75, "layer-wise lr decay: block i of a depth-d encoder gets lr x decay^(d + 1 - i)")
+    layer_decay: float | None = field(None, "layer-wise lr decay: block i of a depth-d encoder gets lr x "
+                                            "decay^(d + 1 - i); 1 = off" + RECIPE)
     # data (ClipFields)
     data: str = field("", "training shards (folder, tar or brace pattern); empty = the embedded demo data")
     val_data: str = field("", "validation shards; empty = the demo val split when --data is empty, else no "
                               "evaluation; none = no evaluation")
     num_workers: int = field(8, "data-loader worker processes per rank (evaluation: at most the val shards per rank)")
-    train_crop: str = field("rrc", "training crop: rrc (random resized crop, the official fine-tuning) or multiscale",
-                            choices=("rrc", "multiscale"))
+    train_crop: str | None = field(None, "training crop: rrc (random resized crop, the official fine-tuning) or "
+                                         "multiscale (TSN)" + RECIPE, choices=("rrc", "multiscale"))
     flip: bool = field(False, "random horizontal flip (off: it swaps left/right and cw/ccw motion classes)")
     # augmentation and loss
-    rand_augment: str = field("rand-m7-n4-mstd0.5-inc1", "timm RandAugment of the training clips, the same ops on "
-                                                         "every frame (\"\" or none = off)")
-    reprob: float = field(0.25, "random erasing probability: one box, the same on every frame (0 = off)")
-    label_smoothing: float = field(0.1, "label smoothing of the cross-entropy target")
-    mixup: float = field(0.8, "mixup Beta(alpha, alpha) (0 = off)")
-    cutmix: float = field(1.0, "CutMix Beta(alpha, alpha), one box of every frame (0 = off)")
+    rand_augment: str | None = field(None, "timm RandAugment of the training clips, the same ops on every frame, e.g. "
+                                           "rand-m7-n4-mstd0.5-inc1 (\"\" or none = off)" + RECIPE)
+    reprob: float | None = field(None, "random erasing probability: one box, the same on every frame (0 = off)"
+                                       + RECIPE)
+    label_smoothing: float | None = field(None, "label smoothing of the cross-entropy target" + RECIPE)
+    mixup: float | None = field(None, "mixup Beta(alpha, alpha) (0 = off)" + RECIPE)
+    cutmix: float | None = field(None, "CutMix Beta(alpha, alpha), one box of every frame (0 = off)" + RECIPE)
     mixup_switch_prob: float = field(0.5, "with both on: chance of CutMix instead of mixup for a batch")
     # evaluation
     eval_every: int = field(0, "evaluate every this many steps (0 = once per epoch); always at the end")
@@ -49,6 +62,19 @@ class FinetuneConfig(RunFields, OptimFields, ClipFields, ModelFields):  # fields
     eval_only: bool = field(False, "evaluate --init-from (or the resumed checkpoint) once and exit")
     # optimisation (OptimFields)
     batch_size: int = field(8, "clips per GPU (per rank) per micro-step; also the evaluation batch")
+    optimizer: str | None = field(None, "adamw or sgd" + RECIPE, choices=("adamw", "sgd"))
+    momentum: float = field(0.9, "SGD momentum")
+    schedule: str | None = field(None, "cosine (to --min-lr) or step (lr / 10 at each of --lr-steps)" + RECIPE,
+                                 choices=("cosine", "step"))
+    lr_steps: tuple[float, ...] | None = field(None, "step schedule: the epochs at which the lr drops tenfold" + RECIPE)
+    epochs: int | None = field(None, "training length in epochs of the data (ignored when --max-steps is set)" + RECIPE)
+    base_lr: float | None = field(None, "learning rate per 256 clips of global batch (lr = base x global batch / 256)"
+                                        + RECIPE)
+    min_lr: float | None = field(None, "final learning rate of the cosine schedule, per 256 clips like --base-lr"
+                                       + RECIPE)
+    warmup_epochs: float | None = field(None, "linear warm-up length in epochs" + RECIPE)
+    weight_decay: float | None = field(None, "weight decay (not on biases, norms and tokens)" + RECIPE)
+    clip_grad: float | None = field(None, "gradient norm clipping (0 = off)" + RECIPE)
     zero_stage: int = field(0, "DeepSpeed ZeRO stage (the official fine-tuning uses 0)", choices=(0, 1, 2, 3))
     # run (RunFields)
     output_dir: str = field("runs/finetune", "run folder: config, logs, checkpoints, best.pth")
@@ -77,11 +103,16 @@ class Derived:
     num_views: int
     zero_stage: int
     precision: str
-    token_grid: tuple[int, int, int]
+    token_grid: tuple[int, int, int] | None  # VideoMAE only
+    family: str = "videomae"
+    schedule: str = "cosine"
+    lr_milestones: tuple[int, ...] = ()
+    recipe: dict = dataclasses.field(default_factory=dict)
 
 
 def derive(cfg: FinetuneConfig, *, world_size: int, num_samples: int, num_val_samples: int, num_classes: int,
-           precision: str, token_grid: tuple[int, int, int]) -> Derived:
+           precision: str, token_grid: tuple[int, int, int] | None, family: str, recipe: dict) -> Derived:
+    """``cfg`` is the effective config (`finetune.recipes.resolve`); ``recipe`` the values the recipe filled in."""
     common = schedule_values(cfg, world_size=world_size, num_samples=num_samples)
     return Derived(
         **common,
@@ -92,4 +123,8 @@ def derive(cfg: FinetuneConfig, *, world_size: int, num_samples: int, num_val_sa
         zero_stage=cfg.zero_stage,
         precision=precision,
         token_grid=token_grid,
+        family=family,
+        schedule=cfg.schedule,
+        lr_milestones=tuple(round(e * common["steps_per_epoch"]) for e in cfg.lr_steps),
+        recipe=recipe,
     )

@@ -24,43 +24,52 @@ import torch.nn.functional as F
 from data.clip import as_model_input
 from finetune.config import Derived, FinetuneConfig
 from launch import config as config_lib
-from launch.loop import adamw
+from launch.loop import adamw, sgd
 from launch.trainer import DTYPES, StageHooks
 
 __all__ = ["FinetuneStage", "evaluate", "layer_decay_groups", "make_optimizer", "mix_batch", "soft_cross_entropy"]
 
 
 def layer_decay_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
-    """AdamW groups with layer-wise lr decay (BEiT / official VideoMAE fine-tuning).
+    """Optimizer groups with layer-wise lr decay (BEiT / official VideoMAE fine-tuning) and per-parameter multipliers.
 
-    Layer ids come from the model (``get_layer_id``: patch embedding 0, block i -> i + 1, head and norms after the
-    last block ``num_layer_ids - 1``); a parameter of layer id j gets ``lr_scale = layer_decay ** (num_layer_ids - 1 -
-    j)``, which the training step multiplies into the lr. No weight decay on biases, norms (1-D tensors) and the
-    model's ``no_weight_decay`` names.
+    Layer ids come from the model (``get_layer_id``: for a ViT, patch embedding 0, block i -> i + 1, head and norms
+    after the last block ``num_layer_ids - 1``; for a TSN ResNet, stem 0, layer1-4 -> 1-4, fc 5); a parameter of
+    layer id j gets ``lr_scale = layer_decay ** (num_layer_ids - 1 - j)``, times the model's own multiplier for it
+    (``lr_scales()``, e.g. TRM's offset predictor), which the training step multiplies into the lr. No weight decay on
+    biases, norms (1-D tensors) and the model's ``no_weight_decay`` names.
 
     Returns:
-        One group per (layer id, decay or not) with ``params``, ``weight_decay`` and ``lr_scale``.
+        One group per (layer id, decay or not, multiplier) with ``params``, ``weight_decay`` and ``lr_scale``.
     """
     skip = set(model.no_weight_decay())
+    own = model.lr_scales() if hasattr(model, "lr_scales") else {}
     top = model.num_layer_ids - 1
-    groups: dict[tuple[int, bool], dict] = {}
+    groups: dict[tuple[int, bool, float], dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         layer = model.get_layer_id(name)
         no_decay = p.ndim <= 1 or name in skip or name.split(".")[-1] in skip
-        group = groups.setdefault((layer, no_decay), {
-            "params": [], "weight_decay": 0.0 if no_decay else weight_decay, "lr_scale": layer_decay ** (top - layer),
+        mult = float(own.get(name, 1.0))
+        group = groups.setdefault((layer, no_decay, mult), {
+            "params": [], "weight_decay": 0.0 if no_decay else weight_decay,
+            "lr_scale": layer_decay ** (top - layer) * mult,
         })  # fmt: skip
         group["params"].append(p)
     return [groups[k] for k in sorted(groups)]
 
 
 def make_optimizer(model: torch.nn.Module, cfg: FinetuneConfig, lr: float, device: torch.device):
-    """AdamW over `layer_decay_groups` (fused on CUDA, see `launch.loop.adamw`)."""
+    """AdamW (fused on CUDA, see `launch.loop.adamw`) or SGD with momentum over `layer_decay_groups`.
+
+    ``cfg`` is the effective config (recipe resolved).
+    """
     groups = layer_decay_groups(model, cfg.weight_decay, cfg.layer_decay)
     for group in groups:
         group["lr"] = lr * group["lr_scale"]
+    if cfg.optimizer == "sgd":
+        return sgd(groups, lr, cfg.momentum)
     return adamw(groups, lr, cfg.betas, device)
 
 

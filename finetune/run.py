@@ -1,6 +1,7 @@
-"""Fine-tune a VideoMAE classifier on TIME grid clips, with multi-view evaluation.
+"""Fine-tune a classifier (VideoMAE ViT, TSN ResNet with TSM / STW / TRM / ATR, image ViT) on TIME grid clips.
 
     deepspeed finetune/run.py --init-from runs/pretrain/encoder.pth        # all GPUs of this node (or 1 CPU process)
+    deepspeed finetune/run.py --model resnet50 --temporal trm --init-from resnet50.pth --reset-head
     deepspeed --num_gpus 2 finetune/run.py --model vit_tiny ...           # (CPU: --num_gpus counts processes)
     torchrun --nproc-per-node 8 finetune/run.py ...;  srun python finetune/run.py ...;  python finetune/run.py ...
 
@@ -25,15 +26,18 @@ from collections.abc import Callable, Iterator  # noqa: E402
 from data.clip import ClipSpec  # noqa: E402
 from data.errors import UserError  # noqa: E402
 from data.stream import ShardDataset, iter_tar, make_loader  # noqa: E402
+from finetune import recipes  # noqa: E402
 from finetune.config import FinetuneConfig, derive  # noqa: E402
 from finetune.engine import FinetuneStage, run_eval  # noqa: E402
 from launch import config as config_lib  # noqa: E402
 from launch.checkpoint import atomic_write_text  # noqa: E402
 from launch.fields import validate_common  # noqa: E402
 from launch.trainer import Trainer, check_modality, entry  # noqa: E402
+from models import build_classifier, get_entry  # noqa: E402
 
 
-def validate(cfg: FinetuneConfig) -> None:
+def validate(cfg: FinetuneConfig, family: str) -> None:
+    """Checks of the effective config (recipe resolved) that need no data."""
     validate_common(cfg)
     if cfg.test_clips < 1:
         raise UserError(f"--test-clips {cfg.test_clips} is < 1; use 1 or more")
@@ -41,10 +45,25 @@ def validate(cfg: FinetuneConfig) -> None:
         raise UserError(f"--test-crops {cfg.test_crops} is not 1 or 3; use 1 (centre) or 3 (along the long side)")
     if cfg.num_classes < 0 or cfg.eval_every < 0:
         raise UserError("--num-classes and --eval-every must be >= 0 (0 = default)")
-    if cfg.input_size % 16:
+    if family != "resnet" and cfg.input_size % 16:
         raise UserError(f"--input-size {cfg.input_size} is not divisible by the patch size 16; use e.g. 224 or 112")
-    if cfg.num_frames % 2:
+    if family == "videomae" and cfg.num_frames % 2:
         raise UserError(f"--num-frames {cfg.num_frames} is not divisible by the tubelet size 2; use e.g. 16")
+    if family != "resnet" and cfg.temporal != "none":
+        raise UserError(f"--temporal {cfg.temporal} inserts into ResNet blocks; --model {cfg.model} takes none (use "
+                        "--temporal none, or --model resnet50)")
+    if cfg.temporal == "none" and (cfg.temporal_stages or cfg.temporal_options):
+        raise UserError("--temporal-stages / --temporal-options need a --temporal module (tsm, stw, trm or atr)")
+    if any(s not in (1, 2, 3, 4) for s in cfg.temporal_stages):
+        raise UserError(f"--temporal-stages {' '.join(map(str, cfg.temporal_stages))}: stages are 1-4 (layer1-layer4)")
+    if cfg.optimizer == "sgd" and not 0 <= cfg.momentum < 1:
+        raise UserError(f"--momentum {cfg.momentum} is outside [0, 1); use e.g. 0.9")
+    if cfg.base_lr <= 0 or cfg.min_lr < 0 or cfg.weight_decay < 0 or cfg.warmup_epochs < 0 or cfg.clip_grad < 0:
+        raise UserError("--base-lr must be > 0 and --min-lr, --weight-decay, --warmup-epochs, --clip-grad >= 0")
+    if cfg.schedule == "step" and any(e <= 0 for e in cfg.lr_steps):
+        raise UserError(f"--lr-steps {' '.join(map(str, cfg.lr_steps))}: give epochs > 0, e.g. --lr-steps 30 40 45")
+    if cfg.dropout is not None and not 0 <= cfg.dropout < 1:
+        raise UserError(f"--dropout {cfg.dropout} is outside [0, 1); use e.g. 0.5")
     if not 0 <= cfg.label_smoothing < 1 or cfg.mixup < 0 or cfg.cutmix < 0 or not 0 <= cfg.mixup_switch_prob <= 1:
         raise UserError("--label-smoothing must be in [0, 1), --mixup and --cutmix >= 0, --mixup-switch-prob in [0, 1]")
     if not 0 < cfg.layer_decay <= 1:
@@ -113,8 +132,10 @@ def val_loaders(val: str, spec: ClipSpec, cfg: FinetuneConfig, trainer: Trainer
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = config_lib.parse(FinetuneConfig, argv, prog="finetune/run.py", description=__doc__.split("\n")[0])
-    validate(cfg)
+    flags = config_lib.parse(FinetuneConfig, argv, prog="finetune/run.py", description=__doc__.split("\n")[0])
+    family = get_entry(flags.model).family
+    cfg, recipe = recipes.resolve(flags, family)  # the effective config: unset fields from the family's recipe
+    validate(cfg, family)
     trainer = Trainer(cfg)
     spec = ClipSpec.from_config(cfg, train=True, crop=cfg.train_crop, flip=cfg.flip, rand_augment=cfg.rand_augment,
                                 erase_prob=cfg.reprob)
@@ -130,30 +151,71 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--eval-only needs validation data; pass --val-data")
     num_classes = resolve_num_classes(cfg, sources)
 
-    from models import build_classifier
-
     trainer.seed()
-    model = build_classifier(cfg.model, num_classes, img_size=cfg.input_size, all_frames=cfg.num_frames,
-                             drop_path_rate=cfg.drop_path)
-    if cfg.grad_checkpointing:
-        model.set_grad_checkpointing(True)
+    model = build_model(cfg, family, num_classes)
     d = derive(cfg, world_size=trainer.info.world_size, num_samples=dataset.num_samples,
                num_val_samples=val_set.num_samples if val_set else 0, num_classes=num_classes,
-               precision=trainer.precision, token_grid=model.token_grid)
+               precision=trainer.precision, token_grid=getattr(model, "token_grid", None), family=family,
+               recipe=recipe)
     if cfg.eval_only:
         return evaluate_only(cfg, trainer, model, loaders, d)
     if cfg.init_from and trainer.checkpoints().find(cfg.resume):
         trainer.log.info(f"--init-from {cfg.init_from} not loaded: the weights come from the checkpoint")
     elif cfg.init_from:
+        trainer.log.info(init_weights(model, cfg, family))
+    schedule = (f"cosine to min lr {d.min_lr:.3e}" if d.schedule == "cosine" else
+                f"lr / 10 at epochs {', '.join(f'{e:g}' for e in cfg.lr_steps) or 'none'}")
+    summary = (f"{cfg.model} ({family}{', temporal ' + cfg.temporal if cfg.temporal != 'none' else ''}); global batch "
+               f"{d.global_batch} = {cfg.batch_size} x {cfg.accum_steps} accum x {d.world_size} ranks; "
+               f"{cfg.optimizer} lr {d.lr:.3e} (base {cfg.base_lr:.3e} x {d.global_batch}/256, layer decay "
+               f"{cfg.layer_decay}), {schedule}; {d.total_steps} steps ({d.steps_per_epoch}/epoch, warm-up "
+               f"{d.warmup_steps}); {num_classes} classes; eval every {d.eval_every} steps on {d.num_val_samples} "
+               f"videos x {d.num_views} views; precision {d.precision}; ZeRO-{cfg.zero_stage}")
+    if recipe:
+        summary += f"\nrecipe {family}: " + ", ".join(f"{k}={v!r}" for k, v in recipe.items())
+    return trainer.fit(FinetuneStage(cfg, d, loaders), model, dataset, d, summary)
+
+
+def build_model(cfg: FinetuneConfig, family: str, num_classes: int):
+    """The named classifier with the run's frames, size and family options."""
+    options: dict = {}
+    if family != "videomae":
+        options["dropout"] = cfg.dropout
+    if family == "resnet" and cfg.temporal != "none":
+        options.update(temporal=cfg.temporal, temporal_stages=cfg.temporal_stages or None,
+                       temporal_options=parse_options(cfg.temporal_options))
+    model = build_classifier(cfg.model, num_classes, num_frames=cfg.num_frames, img_size=cfg.input_size,
+                             drop_path=cfg.drop_path, **options)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+def parse_options(items: tuple[str, ...]) -> dict:
+    """``("variant=strm", "relocate_ratio=0.25")`` -> ``{"variant": "strm", "relocate_ratio": 0.25}`` (YAML values)."""
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--temporal-options {item!r} is not key=value; e.g. --temporal-options variant=strm")
+        try:
+            out[key.replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            out[key.replace("-", "_")] = value
+    return out
+
+
+def init_weights(model, cfg: FinetuneConfig, family: str) -> str:
+    """``--init-from``: through the family's checkpoint filters; returns the mapping report."""
+    if family == "videomae":
         from models.checkpoint import init_classifier_from
 
-        trainer.log.info(init_classifier_from(model, cfg.init_from))
-    summary = (f"global batch {d.global_batch} = {cfg.batch_size} x {cfg.accum_steps} accum x {d.world_size} ranks; "
-               f"lr {d.lr:.3e} (base {cfg.base_lr:.3e} x {d.global_batch}/256, layer decay {cfg.layer_decay}), min lr "
-               f"{d.min_lr:.3e}; {d.total_steps} steps ({d.steps_per_epoch}/epoch, warm-up {d.warmup_steps}); "
-               f"{num_classes} classes; eval every {d.eval_every} steps on {d.num_val_samples} videos x {d.num_views} "
-               f"views; precision {d.precision}; ZeRO-{cfg.zero_stage}")
-    return trainer.fit(FinetuneStage(cfg, d, loaders), model, dataset, d, summary)
+        return init_classifier_from(model, cfg.init_from, reset_head=cfg.reset_head)
+    from models.tsn import init_tsn_from
+
+    return init_tsn_from(model, cfg.init_from, reset_head=cfg.reset_head)
 
 
 def evaluate_only(cfg: FinetuneConfig, trainer: Trainer, model, loaders, d) -> int:
@@ -162,9 +224,7 @@ def evaluate_only(cfg: FinetuneConfig, trainer: Trainer, model, loaders, d) -> i
         if cfg.init_from:
             trainer.log.info(f"--init-from {cfg.init_from} not loaded: the weights come from the checkpoint")
     elif cfg.init_from:
-        from models.checkpoint import init_classifier_from
-
-        trainer.log.info(init_classifier_from(model, cfg.init_from))
+        trainer.log.info(init_weights(model, cfg, d.family))
     model.to(device=trainer.device, dtype=trainer.dtype)
     metrics = run_eval(model, loaders, trainer, d, 0)
     if trainer.info.is_main:

@@ -21,12 +21,17 @@ class Schedule(Protocol):
     min_lr: float
     warmup_steps: int
     total_steps: int
+    schedule: str  # "cosine" or "step"
+    lr_milestones: tuple[int, ...]  # step schedule: the steps from which the lr is divided by 10 once more
 
 
 def lr_at(step: int, d: Schedule) -> float:
-    """Linear warm-up from 0 to ``d.lr`` over ``d.warmup_steps``, then half-cosine to ``d.min_lr`` (per step)."""
+    """Linear warm-up from 0 to ``d.lr`` over ``d.warmup_steps``, then per step either a half-cosine to ``d.min_lr``
+    (VideoMAE) or ``d.lr / 10^k`` after the k-th of ``d.lr_milestones`` (the TSN recipes' step schedule)."""
     if step < d.warmup_steps:
         return d.lr * (step + 1) / d.warmup_steps
+    if d.schedule == "step":
+        return d.lr * 0.1 ** sum(step >= m for m in d.lr_milestones)
     span = max(1, d.total_steps - d.warmup_steps)
     progress = min(1.0, (step - d.warmup_steps) / span)
     return d.min_lr + 0.5 * (d.lr - d.min_lr) * (1 + math.cos(math.pi * progress))
@@ -83,6 +88,11 @@ def adamw(groups: list[dict], lr: float, betas: tuple[float, float], device: tor
     AdamW update, and DeepSpeed's ZeRO stages accept torch's AdamW as it is.
     """
     return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=device.type == "cuda" or None)
+
+
+def sgd(groups: list[dict], lr: float, momentum: float) -> torch.optim.SGD:
+    """torch's SGD with momentum (the TSN recipes'); weight decay per group, as the groups say."""
+    return torch.optim.SGD(groups, lr=lr, momentum=momentum)
 
 
 class NonFiniteLoss(RuntimeError):

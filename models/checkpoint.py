@@ -369,11 +369,24 @@ def _depths(keys: list[str], prefix: str) -> int:
     return max(ids) + 1 if ids else 0
 
 
-def _apply(model: nn.Module, path: str | os.PathLike) -> str:
+def _reset_head(m: KeyMapping, reset_head: bool | None, path: str) -> None:
+    """``reset_head`` True: never load the file's head; False: a head for another class count is an error; None: the
+    release's behaviour (such a head is dropped and the model trains a new one)."""
+    if reset_head and "head.weight" in m.state:
+        m.drop("head.", "--reset-head: a new classification head")
+        m.fresh.append(("head.", "new classification head (--reset-head)"))
+    mismatch = [reason for label, _, reason in m.dropped if label == "head.*" and reason.startswith("the file's head")]
+    if reset_head is False and mismatch:
+        raise UserError(f"{path}: {mismatch[0]}; pass --reset-head to train a new head for this class set")
+
+
+def _apply(model: nn.Module, path: str | os.PathLike, reset_head: bool | None = None) -> str:
     path = os.fspath(path)
     obj = load_file(path)
     kind, state = detect_source(obj, path)
     m = FILTERS[kind](state, model)
+    if not _is_pretrain(model):
+        _reset_head(m, reset_head, path)
     what = f"{path} ({SOURCE_NAMES[kind]}) does not fit {type(model).__name__}"
     target = model.state_dict()
 
@@ -444,12 +457,14 @@ def init_pretrain_from(model: VideoMAEPretrain, path: str | os.PathLike) -> str:
     return _apply(model, path)
 
 
-def init_classifier_from(model: VideoMAEClassifier, path: str | os.PathLike) -> str:
+def init_classifier_from(model: VideoMAEClassifier, path: str | os.PathLike, reset_head: bool | None = None) -> str:
     """Initialise a classifier from any accepted source (see the module docstring).
 
     From a pretraining file or encoder export: the encoder blocks and patch embedding load, ``fc_norm`` and ``head``
     start fresh, the encoder's final norm is dropped (kept with ``use_mean_pooling=False``). From a fine-tuning file:
-    everything loads, except a head for another number of classes, which is dropped and left at initialisation.
+    everything loads, except a head for another number of classes, which is dropped and left at initialisation
+    (``reset_head=None``, the release's behaviour), or is an error (``reset_head=False``, fine-tuning's default: the
+    error names ``--reset-head``); ``reset_head=True`` never loads the file's head.
 
     Returns:
         The mapping report (several lines) for the caller to print or log.
@@ -459,7 +474,7 @@ def init_classifier_from(model: VideoMAEClassifier, path: str | os.PathLike) -> 
     """
     if not isinstance(model, VideoMAEClassifier):
         raise TypeError(f"init_classifier_from needs a VideoMAEClassifier, got {type(model).__name__}")
-    return _apply(model, path)
+    return _apply(model, path, reset_head)
 
 
 def init_from(model: VideoMAEPretrain | VideoMAEClassifier, path: str | os.PathLike) -> str:

@@ -1,6 +1,18 @@
-"""Named VideoMAE sizes and the two builders.
+"""The model registry: named classifiers of every family behind one factory signature, and the VideoMAE sizes.
 
-``MODELS`` is an explicit dict, name -> `ViTSize`; each size builds both the pretraining model and the classifier.
+``CLASSIFIERS`` is an explicit dict, name -> `ModelEntry` (family and factory). Every factory has one signature,
+``factory(num_classes, num_frames, img_size, drop_path=0.0, **options)``, and every classifier takes ``(B, 3, T, H,
+W)`` and returns ``(B, num_classes)`` with timm's interface (``forward_features``, ``forward_head``,
+``reset_classifier``, ``no_weight_decay``, ``num_layer_ids`` / ``get_layer_id`` for layer decay). Families:
+
+* ``videomae``: the VideoMAE ViT classifiers (``vit_tiny`` ... ``vit_huge``), options are `VideoMAEClassifier`'s
+  keyword names (``use_mean_pooling``, ``attn_impl``, ``depth``, ...);
+* ``resnet``: ``resnet18`` / ``resnet50`` / ``resnet101`` run TSN-style over the frames, optionally with a temporal
+  module (`models.tsn`, `models.temporal`);
+* ``vit``: ``vit_b16``, timm's image ViT-B/16 run TSN-style.
+
+``MODELS`` is the dict of VideoMAE sizes, name -> `ViTSize`; each size builds both the pretraining model and the
+classifier.
 Sizes follow the release (encoder width/depth/heads; decoder width/depth/heads): S 384/12/6, 192/4/3; B 768/12/12,
 384/4/6; L 1024/24/16, 512/12/8; H 1280/32/16, 640/12/8. ``vit_tiny`` (192/12/3, decoder 96/4/3, DeiT-Tiny widths
 with the half-width decoder of S and B) has no released weights; it exists for tests and smoke runs.
@@ -8,8 +20,11 @@ with the half-width decoder of S and B) has no released weights; it exists for t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from torch import nn
 
 from data.errors import UserError
 from models.videomae import VideoMAEClassifier, VideoMAEPretrain
@@ -54,11 +69,54 @@ MODELS: dict[str, ViTSize] = {
 DEFAULT_MODEL = "vit_base"
 
 
+@dataclass(frozen=True)
+class ModelEntry:
+    """One named classifier: its family (which recipe and checkpoint filters apply) and its factory."""
+
+    family: str
+    factory: Callable[..., nn.Module]
+
+
+def _videomae_factory(size: ViTSize) -> Callable[..., nn.Module]:
+    def build(num_classes: int, num_frames: int = 16, img_size: int = 224, drop_path: float = 0.0,
+              **options: Any) -> VideoMAEClassifier:
+        kwargs = dict(all_frames=num_frames, img_size=img_size, drop_path_rate=drop_path)
+        return size.build_classifier(num_classes, **{**kwargs, **options})
+
+    return build
+
+
+def _tsn_factory(name: str) -> Callable[..., nn.Module]:
+    def build(num_classes: int, num_frames: int = 8, img_size: int = 224, drop_path: float = 0.0,
+              **options: Any) -> nn.Module:
+        from models import tsn  # imports timm: only when a frame-level model is built
+
+        return getattr(tsn, name)(num_classes, num_frames, img_size, drop_path=drop_path, **options)
+
+    return build
+
+
+CLASSIFIERS: dict[str, ModelEntry] = {
+    **{name: ModelEntry("videomae", _videomae_factory(size)) for name, size in MODELS.items()},
+    "resnet18": ModelEntry("resnet", _tsn_factory("resnet18")),
+    "resnet50": ModelEntry("resnet", _tsn_factory("resnet50")),
+    "resnet101": ModelEntry("resnet", _tsn_factory("resnet101")),
+    "vit_b16": ModelEntry("vit", _tsn_factory("vit_b16")),
+}
+
+
 def get_size(name: str) -> ViTSize:
-    """The named size; `UserError` naming the choices for an unknown name."""
+    """The named VideoMAE size; `UserError` naming the choices for an unknown name."""
     if name not in MODELS:
         raise UserError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     return MODELS[name]
+
+
+def get_entry(name: str) -> ModelEntry:
+    """The named classifier; `UserError` naming the choices for an unknown name."""
+    if name not in CLASSIFIERS:
+        raise UserError(f"unknown model {name!r}; choose one of {', '.join(CLASSIFIERS)}")
+    return CLASSIFIERS[name]
 
 
 def build_pretrain(name: str = DEFAULT_MODEL, **overrides: Any) -> VideoMAEPretrain:
@@ -66,6 +124,9 @@ def build_pretrain(name: str = DEFAULT_MODEL, **overrides: Any) -> VideoMAEPretr
     return get_size(name).build_pretrain(**overrides)
 
 
-def build_classifier(name: str, num_classes: int, **overrides: Any) -> VideoMAEClassifier:
-    """Classifier of a named size, e.g. ``build_classifier("vit_base", 400, drop_path_rate=0.1)``."""
-    return get_size(name).build_classifier(num_classes, **overrides)
+def build_classifier(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
+    """A named classifier: ``build_classifier("resnet50", 30, num_frames=8, img_size=224, temporal="trm")``.
+
+    ``kwargs`` are the factory's (``num_frames``, ``img_size``, ``drop_path``) and the family's options.
+    """
+    return get_entry(name).factory(num_classes, **kwargs)

@@ -57,6 +57,7 @@ class Derived:
     precision: str
     token_grid: tuple[int, int, int]
     schedule: str = "cosine"
+    lr_milestones: tuple[int, ...] = ()
 
 
 def derive(cfg: PretrainConfig, *, world_size: int, num_samples: int, precision: str,
