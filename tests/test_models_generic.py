@@ -112,3 +112,57 @@ def test_timm_interface(name):
             assert callable(getattr(model, method)), method
         ids = {model.get_layer_id(n) for n, _ in model.named_parameters()}
         assert ids == set(range(model.num_layer_ids)) and model.num_layer_ids == 1 + 2
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Every entry of the classifier registry, through its one factory signature
+
+
+def _small_options(name: str) -> dict:
+    """Cut depth where the family allows it; widths stay the named model's."""
+    from models import CLASSIFIERS
+
+    family = CLASSIFIERS[name].family
+    if family == "videomae":
+        return {"depth": 1}
+    if family == "vit":
+        return {"timm_kwargs": {"depth": 1}}
+    return {}
+
+
+def _registry_cases() -> list[tuple[str, str | None]]:
+    from models import CLASSIFIERS
+    from models.temporal import TEMPORAL_MODULES
+
+    cases = []
+    for name, entry in CLASSIFIERS.items():
+        cases.append((name, None))
+        if entry.family == "resnet" and name != "resnet101":  # resnet101 x modules: tests/test_tsn.py (slow)
+            cases += [(name, t) for t in TEMPORAL_MODULES]
+    return cases
+
+
+@pytest.mark.parametrize(("name", "temporal"), _registry_cases())
+def test_every_registry_entry_trains_through_one_signature(name, temporal):
+    from models import build_classifier
+
+    torch.manual_seed(0)
+    options = _small_options(name)
+    if temporal:
+        options["temporal"] = temporal
+    model = build_classifier(name, NUM_CLASSES, num_frames=4, img_size=32, drop_path=0.0, **options).train()
+    x = _clip()
+    logits = model(x)
+    assert logits.shape == (2, NUM_CLASSES) and torch.isfinite(logits).all()
+    with torch.no_grad():  # zero-initialised gates (TRM offsets, ATR's BN) would otherwise block gradients upstream
+        for n, p in model.named_parameters():
+            if ".temporal." in n and not p.abs().any():
+                p.add_(0.01 * torch.randn_like(p))
+    model(x).square().sum().backward()
+    stale = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert stale == []
+    for method in ("forward_features", "forward_head", "reset_classifier", "no_weight_decay", "get_layer_id"):
+        assert callable(getattr(model, method)), method
+    assert model.forward_head(model.forward_features(x), pre_logits=True).shape[0] == 2
+    model.reset_classifier(3)
+    assert model(x).shape == (2, 3)
