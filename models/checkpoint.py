@@ -369,6 +369,48 @@ def _depths(keys: list[str], prefix: str) -> int:
     return max(ids) + 1 if ids else 0
 
 
+_COUNTER = "num_batches_tracked"
+
+
+def load_mapping(model: nn.Module, m: KeyMapping, what: str, *, depth_hint: Callable[[list[str], list[str]], str],
+                 shape_fix: str) -> list[str]:
+    """Load ``m`` into ``model`` after checking it against the filter's promise exactly.
+
+    The model keys under ``m.fresh`` must be exactly the ones ``m.state`` lacks; anything else missing or unexpected,
+    and any shape difference, is a `UserError` starting with ``what`` (``depth_hint(file keys, model keys)`` adds a
+    hint such as a block-count difference; ``shape_fix`` says what to do about a shape). BatchNorm step counters the
+    file lacks are left to torch, which sets them to 0 itself (files from before the counter, such as torchvision's
+    original ImageNet ResNets; the counter matters only with momentum=None).
+
+    Returns:
+        The BatchNorm counters left at 0.
+    """
+    target = model.state_dict()
+    fresh = sorted(k for k in target if any(k.startswith(p) for p, _ in m.fresh))
+    counters = [k for k in target if k.endswith(_COUNTER) and k not in m.state and k not in fresh]
+    unexpected = sorted(k for k in m.state if k not in target)
+    missing = sorted(k for k in target if k not in m.state and k not in fresh and k not in counters)
+    clash = sorted(k for k in fresh if k in m.state)
+    if unexpected or missing or clash:
+        parts = [
+            f"unexpected {_listed(unexpected)}" if unexpected else "",
+            f"missing {_listed(missing)}" if missing else "",
+            f"meant to stay fresh but in the file: {_listed(clash)}" if clash else "",
+        ]
+        raise UserError(f"{what}: {'; '.join(p for p in parts if p)}{depth_hint(list(m.state), list(target))}; "
+                        "build the model the file was made for")
+    for key, tensor in m.state.items():
+        if tensor.shape != target[key].shape:
+            raise UserError(f"{what}: {key} has shape {tuple(tensor.shape)} in the file but "
+                            f"{tuple(target[key].shape)} in the model; {shape_fix}")
+    result = model.load_state_dict(m.state, strict=False)
+    # The filter's promise, checked against what torch actually did.
+    if sorted(result.missing_keys) != sorted(k for k in fresh + counters if not k.endswith(_COUNTER)) or \
+            result.unexpected_keys:
+        raise RuntimeError(f"key mapping out of step with load_state_dict: {result}")
+    return counters
+
+
 def _reset_head(m: KeyMapping, reset_head: bool | None, path: str) -> None:
     """``reset_head`` True: never load the file's head; False: a head for another class count is an error; None: the
     release's behaviour (such a head is dropped and the model trains a new one)."""
@@ -388,34 +430,15 @@ def _apply(model: nn.Module, path: str | os.PathLike, reset_head: bool | None = 
     if not _is_pretrain(model):
         _reset_head(m, reset_head, path)
     what = f"{path} ({SOURCE_NAMES[kind]}) does not fit {type(model).__name__}"
+    blocks = "encoder.blocks." if _is_pretrain(model) else "blocks."
+
+    def depth_hint(have: list[str], want: list[str]) -> str:
+        a, b = _depths(have, blocks), _depths(want, blocks)
+        return f"; the file has {a} encoder blocks, the model {b}" if a != b else ""
+
+    load_mapping(model, m, what, depth_hint=depth_hint, shape_fix="build the model with the file's width / patch / "
+                                                                  "tubelet size")
     target = model.state_dict()
-
-    fresh = sorted(k for k in target if any(k.startswith(p) for p, _ in m.fresh))
-    unexpected = sorted(k for k in m.state if k not in target)
-    missing = sorted(k for k in target if k not in m.state and k not in fresh)
-    clash = sorted(k for k in fresh if k in m.state)
-    if unexpected or missing or clash:
-        blocks = "encoder.blocks." if _is_pretrain(model) else "blocks."
-        have, want = _depths(list(m.state), blocks), _depths(list(target), blocks)
-        hint = f"; the file has {have} encoder blocks, the model {want}" if have != want else ""
-        parts = [
-            f"unexpected {_listed(unexpected)}" if unexpected else "",
-            f"missing {_listed(missing)}" if missing else "",
-            f"meant to stay fresh but in the file: {_listed(clash)}" if clash else "",
-        ]
-        raise UserError(f"{what}: {'; '.join(p for p in parts if p)}{hint}; build the model the file was made for")
-    for key, tensor in m.state.items():
-        if tensor.shape != target[key].shape:
-            raise UserError(
-                f"{what}: {key} has shape {tuple(tensor.shape)} in the file but {tuple(target[key].shape)} in the "
-                "model; build the model with the file's width / patch / tubelet size"
-            )
-
-    result = model.load_state_dict(m.state, strict=False)
-    # The filter's promise, checked against what torch actually did.
-    if sorted(result.missing_keys) != fresh or result.unexpected_keys:
-        raise RuntimeError(f"key mapping out of step with load_state_dict: {result}")
-
     lines = [f"init from {path}: {SOURCE_NAMES[kind]} -> {type(model).__name__}"]
     epoch = obj.get("epoch")
     lines.append(f"  loaded: {len(m.state)} tensors" + (f" (file epoch {epoch})" if isinstance(epoch, int) else ""))

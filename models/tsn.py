@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from data.errors import UserError
-from models.checkpoint import KeyMapping, _grouped, _label, _listed, load_file
+from models.checkpoint import KeyMapping, _grouped, _label, load_file, load_mapping
 from models.temporal import TEMPORAL_MODULES, build_temporal
 
 RESNET_STAGES = (1, 2, 3, 4)
@@ -476,7 +476,6 @@ TSN_SOURCE_NAMES = {
     "timemae_best": "timemae fine-tuned TSN weights (best.pth)",
 }
 _TEMPORAL_FRESH = "temporal modules start as their identity / shift"
-_COUNTER = ".num_batches_tracked"
 
 
 @dataclass
@@ -656,36 +655,13 @@ def init_tsn_from(model: TSNResNet | TSNViT, path: str | os.PathLike, reset_head
         m = TSN_FILTERS[kind](state, model, reset_head)
     except UserError as err:
         raise UserError(f"{path}: {err}") from None
+
+    def depth_hint(have: list[str], want: list[str]) -> str:
+        a, b = _stage_depths(have), _stage_depths(want)
+        return f"; the file has {a} blocks per stage, the model {b}" if a != b else ""
+
+    counters = load_mapping(model, m, what, depth_hint=depth_hint, shape_fix="build the model the file was made for")
     target = model.state_dict()
-
-    fresh = sorted(k for k in target if any(k.startswith(p) for p, _ in m.fresh))
-    unexpected = sorted(k for k in m.state if k not in target)
-    # BatchNorm loads an absent step counter as 0 itself (torch's rule for files from before the counter, such as
-    # torchvision's original ImageNet ResNets); the counter matters only with momentum=None.
-    counters = [k for k in target if k.endswith(_COUNTER) and k not in m.state and k not in fresh]
-    missing = sorted(k for k in target if k not in m.state and k not in fresh and k not in counters)
-    clash = sorted(k for k in fresh if k in m.state)
-    if unexpected or missing or clash:
-        have, want = _stage_depths(list(m.state)), _stage_depths(list(target))
-        hint = f"; the file has {have} blocks per stage, the model {want}" if have != want else ""
-        parts = [
-            f"unexpected {_listed(unexpected)}" if unexpected else "",
-            f"missing {_listed(missing)}" if missing else "",
-            f"meant to stay fresh but in the file: {_listed(clash)}" if clash else "",
-        ]
-        raise UserError(f"{what}: {'; '.join(p for p in parts if p)}{hint}; build the model the file was made for")
-    for key, tensor in m.state.items():
-        if tensor.shape != target[key].shape:
-            raise UserError(
-                f"{what}: {key} has shape {tuple(tensor.shape)} in the file but {tuple(target[key].shape)} in the "
-                "model; build the model the file was made for"
-            )
-
-    result = model.load_state_dict(m.state, strict=False)
-    # The filter's promise, checked against what torch actually did.
-    if sorted(result.missing_keys) != [k for k in fresh if not k.endswith(_COUNTER)] or result.unexpected_keys:
-        raise RuntimeError(f"key mapping out of step with load_state_dict: {result}")
-
     lines = [f"init from {path}: {TSN_SOURCE_NAMES[kind]} -> {name}", f"  loaded: {len(m.state)} tensors"]
     dtypes = sorted({str(t.dtype).replace("torch.", "") for t in m.state.values()} - {"float32", "int64"})
     if dtypes:

@@ -31,3 +31,45 @@ def run_script(args: list[str], *, demo: Path | None = None, timeout: int = 600,
         full_env["TIMEMAE_DEMO_DIR"] = str(demo)
     cmd = (launcher or [sys.executable]) + args
     return subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of tiny models: a thread pool costs more than it gives on them, and on a shared
+    machine it turns a 0.1 s forward into seconds. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def read_log(run: Path, kind: str) -> dict[int, dict]:
+    """step -> last record of ``kind`` ("train" or "eval") in log.jsonl (a resumed run logs some steps twice)."""
+    import json
+
+    records = {}
+    for line in (run / "log.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("kind", "train") == kind:
+            records[rec["step"]] = rec
+    return records
+
+
+def kill_after_checkpoint(cmd: list[str], run: Path, step: int, env: dict | None = None) -> None:
+    """Start ``cmd`` (a full command line) from the repo root, SIGKILL its process group once the checkpoint of
+    ``step`` is complete."""
+    import signal
+    import time
+
+    env = env or {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    marker = run / "checkpoints" / f"step_{step:08d}" / "COMPLETE"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker.exists(), "the run never wrote its checkpoint"

@@ -6,25 +6,15 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_script
+from conftest import kill_after_checkpoint, read_log, run_script
 
 R18 = ["--model", "resnet18", "--input-size", "32", "--num-frames", "4", "--grid-n", "2", "--batch-size", "2",
        "--num-workers", "1", "--log-every", "1", "--shuffle-buffer", "8"]
 DEEPSPEED = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port"]
-
-
-def read_log(run: Path, kind: str) -> dict[int, dict]:
-    records = {}
-    for line in (run / "log.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("kind") == kind:
-            records[rec["step"]] = rec
-    return records
 
 
 def check_ok(out: subprocess.CompletedProcess) -> None:
@@ -140,20 +130,6 @@ def test_bad_backbone_input_is_one_line_and_exit_2(demo_dir, tmp_path, flags, me
     assert "Traceback" not in out.stderr
 
 
-def _kill_after_checkpoint(cmd: list[str], run: Path, step: int, env: dict) -> None:
-    import signal
-
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    marker = run / "checkpoints" / f"step_{step:08d}" / "COMPLETE"
-    deadline = time.time() + 300
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert marker.exists(), "the run never wrote its checkpoint"
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("temporal", ["tsm", "stw", "trm", "atr"])
 def test_two_ranks_fine_tune_resnet18_with_each_module_and_resume_bitwise(demo_dir, tmp_path, temporal):
@@ -177,7 +153,7 @@ def test_two_ranks_fine_tune_resnet18_with_each_module_and_resume_bitwise(demo_d
     resumed = tmp_path / "resumed"
     if temporal == "trm":
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TIMEMAE_DEMO_DIR": str(demo_dir)}
-        _kill_after_checkpoint([*launcher, *common, "--output-dir", str(resumed)], resumed, 2, env)
+        kill_after_checkpoint([*launcher, *common, "--output-dir", str(resumed)], resumed, 2, env)
     else:
         shutil.copytree(straight, resumed)
         shutil.rmtree(resumed / "checkpoints" / "step_00000004")

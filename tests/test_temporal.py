@@ -40,13 +40,7 @@ COMBOS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tensors here are tiny: intra-op threads only add contention on a shared machine (26 ms vs 0.7 ms an ATR call)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def frames(b: int, t: int, c: int = C, hw: tuple[int, int] = HW, seed: int = 0) -> torch.Tensor:

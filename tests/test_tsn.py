@@ -25,14 +25,7 @@ TINY_VIT = {"depth": 1, "embed_dim": 64, "num_heads": 2}
 CHEAP_OPTIONS = {"atr": {"er_channel_mode": "depthwise"}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models are a few MFLOPs per frame: a thread pool costs more than it gives, and on a shared machine it
-    # turns a 0.1 s forward into seconds.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _clip(batch: int = B, frames: int = T, size: int = S, seed: int = 0) -> torch.Tensor:
