@@ -23,17 +23,12 @@ import math
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from models.linear import Linear, linear
-
-LN_EPS = 1e-6
-ATTN_IMPLS = ("sdpa", "eager")
-
+from models.linear import Linear
+from models.vit_layers import LN_EPS, init_trunc_normal, init_xavier, make_blocks, run_blocks
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Geometry, position table, targets
@@ -152,16 +147,7 @@ def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Layers
-
-
-def drop_path(x: Tensor, p: float, training: bool) -> Tensor:
-    """Stochastic depth: drop the whole residual branch per sample with probability ``p``, rescale the kept ones."""
-    if p == 0.0 or not training:
-        return x
-    keep = 1.0 - p
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
-    return x * mask / keep
+# Layers (the generic ViT ones live in models/vit_layers.py)
 
 
 class PatchEmbed(nn.Module):
@@ -199,175 +185,6 @@ class PatchEmbed(nn.Module):
                 "build the model with that num_frames / img_size (the same weights load into any geometry)"
             )
         return self.proj(x).flatten(2).transpose(1, 2)  # (B, D, t, h, w) -> (B, L, D)
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention with the official parameter layout (``qkv`` weight, ``q_bias``, ``v_bias``)."""
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        qkv_bias: bool = True,
-        attn_drop: float = 0.0,
-        proj_drop: float = 0.0,
-        attn_impl: str = "sdpa",
-    ):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"width {dim} is not divisible by {num_heads} heads")
-        if attn_impl not in ATTN_IMPLS:
-            raise ValueError(f"attn_impl must be one of {ATTN_IMPLS}; got {attn_impl!r}")
-        self.num_heads = num_heads
-        self.scale = (dim // num_heads) ** -0.5
-        self.attn_impl = attn_impl
-        self.attn_drop = attn_drop
-        self.qkv = Linear(dim, dim * 3, bias=False)
-        if qkv_bias:
-            self.q_bias = nn.Parameter(torch.zeros(dim))
-            self.v_bias = nn.Parameter(torch.zeros(dim))
-        else:
-            self.register_parameter("q_bias", None)
-            self.register_parameter("v_bias", None)
-        self.proj = Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
-
-    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        bias = None
-        if self.q_bias is not None:
-            # The key has no bias: (q_bias, 0, v_bias), as in the release.
-            bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias, requires_grad=False), self.v_bias])
-        qkv = linear(x, self.qkv.weight, bias)  # (B, N, 3D)
-        qkv = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
-        return qkv[0], qkv[1], qkv[2]
-
-    def _out(self, x: Tensor) -> Tensor:
-        x = rearrange(x, "b h n d -> b n (h d)")
-        return self.proj_drop(self.proj(x))
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``x: (B, N, D)`` -> ``(B, N, D)``."""
-        if self.attn_impl == "eager":
-            return self.forward_with_weights(x)[0]
-        q, k, v = self._qkv(x)
-        p = self.attn_drop if self.training else 0.0
-        return self._out(F.scaled_dot_product_attention(q, k, v, dropout_p=p, scale=self.scale))
-
-    def forward_with_weights(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Explicit softmax attention: ``x: (B, N, D)`` -> ``(B, N, D)`` and the weights ``(B, heads, N, N)``."""
-        q, k, v = self._qkv(x)
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)  # (B, h, N, N)
-        dropped = F.dropout(attn, self.attn_drop, self.training)
-        return self._out(dropped @ v), attn
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
-        super().__init__()
-        self.fc1 = Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: Tensor) -> Tensor:
-        # Dropout after fc2 only, as in the release.
-        return self.drop(self.fc2(self.act(self.fc1(x))))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block; ``init_values > 0`` adds layer scale (``gamma_1`` / ``gamma_2``)."""
-
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-        init_values: float = 0.0,
-        attn_impl: str = "sdpa",
-    ):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, attn_impl)
-        self.drop_path = drop_path
-        self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
-        if init_values > 0:
-            self.gamma_1 = nn.Parameter(init_values * torch.ones(dim))
-            self.gamma_2 = nn.Parameter(init_values * torch.ones(dim))
-        else:
-            self.register_parameter("gamma_1", None)
-            self.register_parameter("gamma_2", None)
-
-    def _residual(self, x: Tensor, branch: Tensor, gamma: Tensor | None) -> Tensor:
-        if gamma is not None:
-            branch = gamma * branch
-        return x + drop_path(branch, self.drop_path, self.training)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self._residual(x, self.attn(self.norm1(x)), self.gamma_1)
-        return self._residual(x, self.mlp(self.norm2(x)), self.gamma_2)
-
-    def forward_with_weights(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """As `forward`, through explicit softmax; also returns the attention weights ``(B, heads, N, N)``."""
-        out, attn = self.attn.forward_with_weights(self.norm1(x))
-        x = self._residual(x, out, self.gamma_1)
-        return self._residual(x, self.mlp(self.norm2(x)), self.gamma_2), attn
-
-
-def _make_blocks(
-    dim: int,
-    depth: int,
-    num_heads: int,
-    mlp_ratio: float,
-    qkv_bias: bool,
-    drop_rate: float,
-    attn_drop_rate: float,
-    drop_path_rate: float,
-    init_values: float,
-    attn_impl: str,
-) -> nn.ModuleList:
-    # Stochastic depth grows linearly from 0 to drop_path_rate over the blocks.
-    rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
-    return nn.ModuleList(
-        Block(dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rate, init_values, attn_impl)
-        for rate in rates
-    )
-
-
-def _run_blocks(blocks: nn.ModuleList, x: Tensor, grad_checkpointing: bool) -> Tensor:
-    for blk in blocks:
-        if grad_checkpointing and torch.is_grad_enabled():
-            # Non-reentrant checkpointing restores the RNG state, so drop path draws the same samples twice.
-            x = checkpoint(blk, x, use_reentrant=False)
-        else:
-            x = blk(x)
-    return x
-
-
-def _init_xavier(m: nn.Module) -> None:
-    """Pretraining init: xavier-uniform Linear weights, zero biases, LayerNorm 1 / 0 (Conv3d keeps torch's default)."""
-    if isinstance(m, nn.Linear):
-        nn.init.xavier_uniform_(m.weight)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
-
-
-def _init_trunc_normal(m: nn.Module) -> None:
-    """Fine-tuning init: Linear weights N(0, 0.02) truncated at +-2 (absolute), zero biases, LayerNorm 1 / 0."""
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 def _official_layer_id(name: str, num_layer_ids: int) -> int:
@@ -418,7 +235,7 @@ class VideoMAEEncoder(nn.Module):
         self.depth = depth
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, num_frames, tubelet_size)
         self.pos_drop = nn.Dropout(pos_drop_rate)
-        self.blocks = _make_blocks(
+        self.blocks = make_blocks(
             embed_dim, depth, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, drop_path_rate, init_values,
             attn_impl,
         )  # fmt: skip
@@ -470,7 +287,7 @@ class VideoMAEEncoder(nn.Module):
         tokens = self.embed(x)
         if visible is not None:
             tokens = gather_tokens(tokens, visible)
-        return self.norm(_run_blocks(self.blocks, tokens, self.grad_checkpointing))
+        return self.norm(run_blocks(self.blocks, tokens, self.grad_checkpointing))
 
     def attention_maps(self, x: Tensor, visible: Tensor | None = None) -> list[Tensor]:
         """Per-block attention weights, explicit softmax: a list of ``depth`` tensors ``(B, heads, n, n)``."""
@@ -536,7 +353,7 @@ class VideoMAEPretrain(nn.Module):
         self.encoder_to_decoder = Linear(encoder_embed_dim, decoder_embed_dim, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.decoder = nn.Module()
-        self.decoder.blocks = _make_blocks(
+        self.decoder.blocks = make_blocks(
             decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
             drop_path_rate, init_values, attn_impl,
         )  # fmt: skip
@@ -548,8 +365,8 @@ class VideoMAEPretrain(nn.Module):
 
         # Initialisation as in the release: xavier inside encoder and decoder; `encoder_to_decoder` and the Conv3d
         # keep torch's default; the mask token is N(0, 0.02) truncated at +-0.02 (one std, the release's bounds).
-        self.encoder.apply(_init_xavier)
-        self.decoder.apply(_init_xavier)
+        self.encoder.apply(init_xavier)
+        self.decoder.apply(init_xavier)
         nn.init.trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)
 
     # Geometry
@@ -646,7 +463,7 @@ class VideoMAEPretrain(nn.Module):
         pos = sinusoid_table(self.num_tokens, self.decoder_embed_dim, x.device).to(self.mask_token.dtype)[None]
         # Visible tokens first, then the decoded (mask) tokens, each in raster order; positions travel with tokens.
         full = torch.cat([x + gather_tokens(pos, visible), self.mask_token + gather_tokens(pos, decoded)], dim=1)
-        full = _run_blocks(self.decoder.blocks, full, self.grad_checkpointing)
+        full = run_blocks(self.decoder.blocks, full, self.grad_checkpointing)
         out = self.decoder.norm(full[:, -decoded.shape[1] :])  # (B, L_dec, D_dec)
         return out if pre_logits else self.decoder.head(out)
 
@@ -657,7 +474,7 @@ class VideoMAEPretrain(nn.Module):
         """Replace the decoder's output layer: ``num_classes`` values per predicted token (another target)."""
         self.num_classes = num_classes
         head = Linear(self.decoder_embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        head.apply(_init_xavier)
+        head.apply(init_xavier)
         self.decoder.head = head.to(self.mask_token.device)
 
     def no_weight_decay(self) -> set[str]:
@@ -739,7 +556,7 @@ class VideoMAEClassifier(VideoMAEEncoder):
         self.fc_norm = nn.LayerNorm(embed_dim, eps=LN_EPS) if use_mean_pooling else None
         self.fc_dropout = nn.Dropout(fc_drop_rate)
         self.head = self._new_head(num_classes)
-        self.apply(_init_trunc_normal)
+        self.apply(init_trunc_normal)
         self._scale_head()
 
     def _new_head(self, num_classes: int) -> nn.Module:
@@ -775,7 +592,7 @@ class VideoMAEClassifier(VideoMAEEncoder):
         """A fresh head for ``num_classes`` classes (0: identity), initialised like the original one."""
         self.num_classes = num_classes
         head = self._new_head(num_classes)
-        head.apply(_init_trunc_normal)
+        head.apply(init_trunc_normal)
         self.head = head.to(self.patch_embed.proj.weight.device)
         self._scale_head()
 
