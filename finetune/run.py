@@ -210,7 +210,7 @@ def parse_options(items: tuple[str, ...]) -> dict:
 def init_weights(model, cfg: FinetuneConfig, family: str) -> str:
     """``--init-from``: through the family's checkpoint filters; returns the mapping report."""
     if family == "videomae":
-        from models.checkpoint import init_classifier_from
+        from models.videomae_weights import init_classifier_from
 
         return init_classifier_from(model, cfg.init_from, reset_head=cfg.reset_head)
     from models.tsn import init_tsn_from

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from data.errors import UserError
-from models.checkpoint import KeyMapping, _grouped, _label, load_file, load_mapping
+from models.checkpoint import KeyMapping, grouped, load_file, load_mapping, prefix_label
 from models.temporal import TEMPORAL_MODULES, build_temporal
 
 RESNET_STAGES = (1, 2, 3, 4)
@@ -669,7 +669,7 @@ def init_tsn_from(model: TSNResNet | TSNViT, path: str | os.PathLike, reset_head
     if counters:
         lines.append(f"  set to 0: {len(counters)} BatchNorm num_batches_tracked the file lacks (unused with momentum)")
     lines += [f"  resized: {key} {old} -> {new}: {how}" for key, old, new, how in m.resized]
-    lines += _grouped("dropped", [(label, len(keys), reason) for label, keys, reason in m.dropped])
-    fresh_groups = [(_label(p), sum(k.startswith(p) for k in target), reason) for p, reason in m.fresh]
+    lines += grouped("dropped", [(label, len(keys), reason) for label, keys, reason in m.dropped])
+    fresh_groups = [(prefix_label(p), sum(k.startswith(p) for k in target), reason) for p, reason in m.fresh]
     lines += _fresh_lines([g for g in fresh_groups if g[1]])
     return "\n".join(lines)

@@ -79,7 +79,7 @@ class PretrainStage(StageHooks):
 
     def after_checkpoint(self, trainer, engine) -> str:
         """Write ``encoder.pth`` (official fine-tune key names + config) from the full weights."""
-        from models.checkpoint import save_encoder
+        from models.videomae_weights import save_encoder
 
         state = trainer.full_state_dict(engine)
         path = os.path.join(self.cfg.output_dir, "encoder.pth")

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     d = derive(cfg, world_size=trainer.info.world_size, num_samples=dataset.num_samples,
                precision=trainer.precision, token_grid=model.token_grid)
     if cfg.init_from:
-        from models.checkpoint import init_pretrain_from
+        from models.videomae_weights import init_pretrain_from
 
         trainer.log.info(init_pretrain_from(model, cfg.init_from))
     summary = (f"global batch {d.global_batch} = {cfg.batch_size} x {cfg.accum_steps} accum x {d.world_size} ranks; "

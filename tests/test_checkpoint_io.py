@@ -8,15 +8,14 @@ import torch
 
 from data.errors import UserError
 from models import build_classifier, build_pretrain
-from models.checkpoint import (
+from models.checkpoint import atomic_save, load_file
+from models.videomae_weights import (
     FORMAT_ENCODER,
-    atomic_save,
     detect_source,
     encoder_state_dict,
     init_classifier_from,
     init_from,
     init_pretrain_from,
-    load_file,
     save_encoder,
     save_pretrain_weights,
 )

@@ -184,7 +184,7 @@ def test_run_folder_logs_checkpoints_best_and_multi_view_eval(demo_dir, tmp_path
 
 def _encoder_export(path: Path, name: str = "vit_tiny") -> None:
     from models import build_pretrain
-    from models.checkpoint import save_encoder
+    from models.videomae_weights import save_encoder
 
     torch.manual_seed(0)
     save_encoder(build_pretrain(name, img_size=32, num_frames=4), str(path), {"model": name})

@@ -61,7 +61,7 @@ def test_single_process_run_folder(demo_dir, tmp_path):
     assert (image.width, image.height) == (4 * 32, 3 * 32)  # 4 frames; original / masked / reconstruction rows
 
     from models import build_classifier
-    from models.checkpoint import init_classifier_from
+    from models.videomae_weights import init_classifier_from
 
     clf = build_classifier("vit_tiny", 5, img_size=32, all_frames=4)
     report = init_classifier_from(clf, str(run / "encoder.pth"))
