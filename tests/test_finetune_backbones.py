@@ -97,6 +97,19 @@ def test_resnet_from_a_torchvision_style_file_with_reset_head(demo_dir, tmp_path
     assert derived["schedule"] == "step" and derived["recipe"]["lr_steps"] == [30.0, 40.0, 45.0]
 
 
+@pytest.mark.parametrize(("model", "temporal", "modality"), [("resnet18", "atr", "depth"), ("vit_b16", "none", "rgb")])
+def test_each_family_fine_tunes_and_evaluates(demo_dir, tmp_path, model, temporal, modality):
+    run = tmp_path / "run"
+    args = [a if a != "resnet18" else model for a in R18]
+    out = run_script(["finetune/run.py", *args, "--temporal", temporal, "--modality", modality, "--max-steps", "2",
+                      "--output-dir", str(run)], demo=demo_dir, timeout=300)
+    check_ok(out)
+    assert sorted(read_log(run, "train")) == [1, 2] and read_log(run, "eval")[2]["num_videos"] == 32
+    best = torch.load(run / "best.pth", weights_only=True)
+    assert best["config"]["model"] == model and best["config"]["modality"] == modality
+    assert ("fc.weight" if model == "resnet18" else "head.weight") in best["model"]
+
+
 @pytest.mark.parametrize(
     "flags,message",
     [
