@@ -39,8 +39,6 @@ def validate(cfg: FinetuneConfig, family: str) -> None:
         raise UserError(f"--temporal-stages {' '.join(map(str, cfg.temporal_stages))}: stages are 1-4 (layer1-layer4)")
     if cfg.optimizer == "sgd" and not 0 <= cfg.momentum < 1:
         raise UserError(f"--momentum {cfg.momentum} is outside [0, 1); use e.g. 0.9")
-    if cfg.base_lr <= 0 or cfg.min_lr < 0 or cfg.weight_decay < 0 or cfg.warmup_epochs < 0 or cfg.clip_grad < 0:
-        raise UserError("--base-lr must be > 0 and --min-lr, --weight-decay, --warmup-epochs, --clip-grad >= 0")
     if cfg.schedule == "step" and any(e <= 0 for e in cfg.lr_steps):
         raise UserError(f"--lr-steps {' '.join(map(str, cfg.lr_steps))}: give epochs > 0, e.g. --lr-steps 30 40 45")
     if cfg.dropout is not None and not 0 <= cfg.dropout < 1:

@@ -84,6 +84,11 @@ def validate_common(cfg: Any) -> None:
         raise UserError(f"--betas {' '.join(map(str, cfg.betas))} must be two numbers in [0, 1), e.g. 0.9 0.999")
     if cfg.max_steps < 0 or cfg.epochs < 1:
         raise UserError("--epochs must be >= 1 and --max-steps >= 0 (0 = from --epochs)")
+    if not cfg.base_lr > 0:
+        raise UserError(f"--base-lr {cfg.base_lr} must be > 0; e.g. 1.5e-4 (pretraining) or 1e-3 (fine-tuning)")
+    for name in ("min_lr", "warmup_epochs", "weight_decay", "clip_grad"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"{flag_name(name)} {getattr(cfg, name)} is < 0; use 0 or more")
     if cfg.resume not in ("auto", "none") and not os.path.isdir(cfg.resume):
         raise UserError(f"--resume {cfg.resume} is not a folder; use auto, none or a checkpoint folder")
 

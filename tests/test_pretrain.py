@@ -158,6 +158,8 @@ def test_tiny_model_learns_on_demo_shards(demo_dir, tmp_path):
         (["--data", "/no/such/shards"], "/no/such/shards"),
         (["--modality", "depth", "--data", "DEMO_RGB"], "--modality depth but the --data shards hold rgb"),
         (["--resume", "/no/such/ckpt"], "--resume /no/such/ckpt"),
+        (["--base-lr", "-1"], "--base-lr -1.0 must be > 0"),
+        (["--warmup-epochs", "-1"], "--warmup-epochs -1.0 is < 0"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(demo_dir, tmp_path, flags, message):
