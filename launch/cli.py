@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preview": ("data.preview", "write the TIME clip of one video as PNG frames and a contact sheet"),
     "bench-loader": ("data.bench", "benchmark clip loading (clips/s per core, decode vs. the rest)"),
     "bench-step": ("pretrain.bench_step", "benchmark a pretraining step (SDPA vs. explicit attention, checkpointing)"),
+    "flops": ("launch.bench_models", "GFLOPs and parameters per view of the classifiers, next to the papers' figures"),
 }
 
 

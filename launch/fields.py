@@ -60,7 +60,8 @@ class OptimFields:
                                              "scans every tensor; slower, see README)")
     zero_stage: int = field(0, "DeepSpeed ZeRO stage", choices=(0, 1, 2, 3))
     ds_config: str = field("", "extra DeepSpeed JSON merged into the generated config (contradictions are errors)")
-    max_bad_steps: int = field(10, "stop after this many consecutive steps with a non-finite loss")
+    max_bad_steps: int = field(10, "stop (exit 1) after this many consecutive micro-batches with a non-finite loss, "
+                                   "or optimizer steps skipped for inf / NaN gradients")
 
 
 @dataclasses.dataclass(frozen=True)

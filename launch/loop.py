@@ -48,6 +48,7 @@ class LoopState:
     micro_batches: int = 0  # micro-batches consumed from this rank's data stream
     bad_steps: int = 0  # consecutive steps with a non-finite loss
     skipped_steps: int = 0  # all steps skipped for a non-finite loss
+    overflow_steps: int = 0  # consecutive optimizer steps DeepSpeed skipped for inf / NaN gradients
     last_good_checkpoint: str = ""
 
     def loss_is_finite(self, loss: torch.Tensor, max_bad_steps: int) -> bool:
@@ -69,6 +70,28 @@ class LoopState:
                 "from it)"
             )
         return False
+
+
+    def optimizer_step_taken(self, skipped: bool, max_bad_steps: int, *, scale_search: bool = False) -> None:
+        """Count an optimizer step DeepSpeed skipped because its gradients held inf / NaN.
+
+        A finite loss can still give overflowing gradients (a diverging run at a huge lr: the loss at 1e19, the
+        gradients beyond fp32). DeepSpeed then skips the step and training would go on without moving, writing
+        checkpoints of the diverged model; ``max_bad_steps`` such steps in a row raise `NonFiniteLoss`. fp16's loss
+        scaler skips steps by design while it searches for its scale (``scale_search``): those are not counted.
+        """
+        if not skipped:
+            self.overflow_steps = 0
+            return
+        if scale_search:
+            return
+        self.overflow_steps += 1
+        if self.overflow_steps >= max_bad_steps:
+            raise NonFiniteLoss(
+                f"{self.overflow_steps} optimizer steps in a row were skipped for inf / NaN gradients (the run "
+                f"diverges) at step {self.step}; last good checkpoint: {self.last_good_checkpoint or 'none'} (lower "
+                "--base-lr, or set --clip-grad, and resume from it)"
+            )
 
 
 def all_ranks_finite(loss: torch.Tensor) -> bool:

@@ -283,9 +283,14 @@ class Trainer:
                 skipped += 1
                 continue
             engine.backward(loss)
-            if engine.is_gradient_accumulation_boundary() and cfg.zero_stage == 0 and self.precision == "fp32":
+            boundary = engine.is_gradient_accumulation_boundary()
+            if boundary and cfg.zero_stage == 0 and self.precision == "fp32":
                 own_norm = grad_norm(engine.module)  # DeepSpeed computes it in its fp16 / bf16 / ZeRO optimizers only
+            skipped_before = engine.skipped_steps
             engine.step()
+            if boundary:
+                state.optimizer_step_taken(engine.skipped_steps > skipped_before, cfg.max_bad_steps,
+                                           scale_search=self._scale_searching(engine))
             losses.append(float(loss.detach()))
             for key, value in counts.items():
                 sums[key] = sums.get(key, 0.0) + value
@@ -306,6 +311,14 @@ class Trainer:
         if self.precision == "fp16" and hasattr(engine.optimizer, "cur_scale"):
             out["loss_scale"] = float(engine.optimizer.cur_scale)
         return out
+
+    def _scale_searching(self, engine) -> bool:
+        """fp16: whether the loss scaler can still lower its scale (its skipped steps are the search, not a fault)."""
+        if self.precision != "fp16":
+            return False
+        scale = getattr(engine.optimizer, "cur_scale", None)
+        floor = getattr(engine.optimizer, "min_loss_scale", 1.0)
+        return scale is None or scale > floor
 
 
 def check_modality(dataset, modality: str, flag: str) -> None:

@@ -16,17 +16,17 @@ step allocates them as training does). Inputs are random clips of the configured
   that has run nothing else, so each configuration runs in a freshly spawned process; ``--in-process`` skips that
   (faster) and then reports no CPU memory.
 
+With ``--model`` a frame-level classifier (``resnet50``, ``vit_b16``, ...) the command benchmarks fine-tuning steps
+of that classifier per ``--temporal`` module instead (`launch.bench_models`).
+
 Example: ``timemae bench-step --model vit_base --mask-ratio 0.9 0.75 --batch-size 1 2 --threads 2``.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import contextlib
-import multiprocessing
 import os
-import platform
 import statistics
 import time
 from dataclasses import asdict, dataclass, replace
@@ -34,13 +34,20 @@ from dataclasses import asdict, dataclass, replace
 import torch
 
 from data.errors import UserError
+from launch.bench_models import cpu_name as _cpu_name
+from launch.bench_models import peak as _peak
+from launch.bench_models import reset_peak as _reset_peak
+from launch.bench_models import run_classifier_bench, run_fresh, with_defaults
 from models import linear
-from models.registry import MODELS, build_pretrain, get_size
-from models.videomae import ATTN_IMPLS
+from models.registry import CLASSIFIERS, build_pretrain, get_entry, get_size
+from models.temporal import TEMPORAL_MODULES
+from models.vit_layers import ATTN_IMPLS
 from pretrain.loss import reconstruction_loss
 from pretrain.masking import tube_mask, validate_mask_ratio
 
 MIB = 2**20
+# Per-family defaults of the flags the classifier benchmark shares (None on the command line).
+VIDEOMAE_DEFAULTS = {"num_frames": 16, "batch_size": [1], "checkpointing": ["off", "on"]}
 
 
 @dataclass(frozen=True)
@@ -79,39 +86,7 @@ class StepResult:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Memory probes
-
-
-def _proc_status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(f"/proc/self/status has no {field}")
-
-
-def _reset_peak(device: torch.device, fresh_process: bool) -> int | None:
-    """Reset the peak-memory counter; returns the bytes in use now, or None where the peak cannot be measured."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device)
-    if not fresh_process:
-        return None
-    try:
-        # "5" resets the peak resident set size (VmHWM) to the current one (Linux >= 4.0, proc(5)).
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return _proc_status_kib("VmRSS") * 1024
-    except OSError:
-        return None
-
-
-def _peak(device: torch.device) -> int:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device)
-    return _proc_status_kib("VmHWM") * 1024
+# Attention kernel
 
 
 def _sdpa_backend(q: torch.Tensor, scale: float) -> str:
@@ -196,9 +171,7 @@ def _measure_fresh(cfg_dict: dict) -> dict:
 
 
 def _run_fresh(cfg: StepConfig) -> StepResult:
-    ctx = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-        out = pool.submit(_measure_fresh, asdict(cfg)).result()
+    out = run_fresh(_measure_fresh, asdict(cfg))
     return StepResult(**{**out, "config": StepConfig(**out["config"]), "seconds": tuple(out["seconds"])})
 
 
@@ -249,33 +222,42 @@ def format_table(results: list[StepResult]) -> str:
     return "\n".join(rows)
 
 
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="vit_base", choices=list(MODELS), help="model size (default vit_base)")
-    parser.add_argument("--mask-ratio", type=float, nargs="+", default=[0.9], help="tube mask ratios (default 0.9)")
-    parser.add_argument("--batch-size", type=int, nargs="+", default=[1], help="clips per step (default 1)")
-    parser.add_argument("--num-frames", type=int, default=16, help="frames per clip T (default 16)")
+    parser.add_argument(
+        "--model",
+        default="vit_base",
+        choices=list(CLASSIFIERS),
+        help="VideoMAE size (default vit_base), or a frame-level classifier (resnet50, vit_b16, ...) to time "
+        "fine-tuning steps per --temporal module",
+    )
+    parser.add_argument(
+        "--temporal",
+        nargs="+",
+        choices=["none", *TEMPORAL_MODULES],
+        default=["none"],
+        help="temporal modules of a ResNet classifier, one row each (default none); VideoMAE models take none",
+    )
+    parser.add_argument(
+        "--mask-ratio", type=float, nargs="+", default=[0.9], help="tube mask ratios (default 0.9; VideoMAE only)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, nargs="+", default=None, help="clips per step (default 1; classifiers 2)"
+    )
+    parser.add_argument("--num-frames", type=int, default=None, help="frames per clip T (default 16; classifiers 8)")
     parser.add_argument("--input-size", type=int, default=224, help="clip height = width (default 224)")
     parser.add_argument(
         "--attention",
         nargs="+",
         choices=ATTN_IMPLS,
         default=list(ATTN_IMPLS),
-        help="attention paths: sdpa (fused scaled_dot_product_attention), eager (explicit softmax)",
+        help="attention paths: sdpa (fused scaled_dot_product_attention), eager (explicit softmax); VideoMAE only",
     )
     parser.add_argument(
         "--checkpointing",
         nargs="+",
         choices=["off", "on"],
-        default=["off", "on"],
-        help="gradient checkpointing of every block (default: both)",
+        default=None,
+        help="gradient checkpointing of every block (default: both; classifiers off)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per configuration (median; default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
@@ -292,6 +274,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _configs(args: argparse.Namespace) -> list[StepConfig]:
     get_size(args.model)
+    if args.temporal != ["none"]:
+        raise UserError(
+            f"--temporal {' '.join(args.temporal)} inserts into ResNet classifiers (resnet18, resnet50, "
+            f"resnet101); --model {args.model} takes --temporal none"
+        )
     if args.device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     else:
@@ -337,6 +324,9 @@ def _merge(results: list[StepResult]) -> StepResult:
 
 
 def run(args: argparse.Namespace) -> int:
+    if get_entry(args.model).family != "videomae":
+        return run_classifier_bench(args)
+    args = with_defaults(args, VIDEOMAE_DEFAULTS)
     configs = _configs(args)
     first = configs[0]
     device = torch.device(first.device)
