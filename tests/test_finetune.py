@@ -121,9 +121,11 @@ def test_evaluation_views_spread_over_the_video():
 def test_config_flags_and_yaml(tmp_path):
     from data.errors import UserError
     from finetune.config import FinetuneConfig
+    from finetune.recipes import resolve
     from launch import config as config_lib
 
-    cfg = config_lib.parse(FinetuneConfig, ["--test-crops", "3", "--layer-decay", "0.7"])
+    # the effective config of the default (VideoMAE) model: unset flags from its recipe
+    cfg, _ = resolve(config_lib.parse(FinetuneConfig, ["--test-crops", "3", "--layer-decay", "0.7"]), "videomae")
     assert (cfg.test_crops, cfg.layer_decay, cfg.zero_stage, cfg.base_lr, cfg.label_smoothing) == (3, 0.7, 0, 1e-3,
                                                                                                   0.1)
     yaml_file = tmp_path / "ft.yaml"
