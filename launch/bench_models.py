@@ -518,8 +518,9 @@ def _classifier_configs(args: argparse.Namespace) -> list[ClassifierStepConfig]:
     return configs
 
 
-def _merge(results: list[ClassifierResult]) -> ClassifierResult:
-    """One result from several rounds of the same configuration: all step times, the largest peaks."""
+def merge_rounds(results: list) -> Any:
+    """One result from several rounds of the same configuration (any result dataclass with ``seconds``,
+    ``peak_bytes`` and ``step_bytes``): all step times, the largest peaks."""
     peaks = [r.peak_bytes for r in results if r.peak_bytes is not None]
     steps = [r.step_bytes for r in results if r.step_bytes is not None]
     return replace(
@@ -530,30 +531,34 @@ def _merge(results: list[ClassifierResult]) -> ClassifierResult:
     )
 
 
+def print_header(first: Any, in_process: bool) -> None:
+    """The first line of a step benchmark (versions, device, threads, precision) and how memory is measured."""
+    device = torch.device(first.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    precision = "bf16 autocast" if device.type == "cuda" else "float32"
+    print(f"timemae bench-step: torch {torch.__version__}, {first.device} ({where}), {first.threads} threads, "
+          f"{precision}")
+    if device.type == "cuda":
+        memory = "torch.cuda.max_memory_allocated (tensors)"
+    elif in_process:
+        memory = "not measured on CPU with --in-process"
+    else:
+        memory = "peak resident set (VmHWM) of a fresh process per configuration"
+    print(f"memory: {memory}; peak = during the steps, +step = peak minus what was resident before them")
+
+
 def run_classifier_bench(args: argparse.Namespace) -> int:
     """``timemae bench-step`` for a frame-level classifier (``--model resnet50 --temporal none tsm ...``)."""
     args = with_defaults(args, CLASSIFIER_DEFAULTS)
     configs = _classifier_configs(args)
     first = configs[0]
-    device = torch.device(first.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-    precision = "bf16 autocast" if device.type == "cuda" else "float32"
-    if device.type == "cuda":
-        memory = "torch.cuda.max_memory_allocated (tensors)"
-    elif args.in_process:
-        memory = "not measured on CPU with --in-process"
-    else:
-        memory = "peak resident set (VmHWM) of a fresh process per configuration"
-    print(
-        f"timemae bench-step: torch {torch.__version__}, {first.device} ({where}), {first.threads} threads, {precision}"
-    )
+    print_header(first, args.in_process)
     print(
         f"classifier {first.model}, {first.num_classes} classes, clip 3 x {first.num_frames} x {first.input_size} x "
         f"{first.input_size}; step = forward (train mode) + cross entropy + backward (no optimizer); "
         f"{args.rounds} round(s) of {first.warmup} warm-up + {first.repeats} timed steps per configuration, "
         "s/clip = median step / batch"
     )
-    print(f"memory: {memory}; peak = during the steps, +step = peak minus what was resident before them")
     print(f"GFLOPs: forward per clip, {HALVING_NOTE}; {COUNTED_NOTE}")
     print(f"load average (1 min) at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     rounds: dict[ClassifierStepConfig, list[ClassifierResult]] = {cfg: [] for cfg in configs}
@@ -570,7 +575,7 @@ def run_classifier_bench(args: argparse.Namespace) -> int:
                 flush=True,
             )
     print()
-    print(format_classifier_table([_merge(r) for r in rounds.values()]))
+    print(format_classifier_table([merge_rounds(r) for r in rounds.values()]))
     return 0
 
 

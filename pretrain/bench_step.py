@@ -29,15 +29,14 @@ import contextlib
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 
 from data.errors import UserError
-from launch.bench_models import cpu_name as _cpu_name
+from launch.bench_models import merge_rounds, print_header, run_classifier_bench, run_fresh, with_defaults
 from launch.bench_models import peak as _peak
 from launch.bench_models import reset_peak as _reset_peak
-from launch.bench_models import run_classifier_bench, run_fresh, with_defaults
 from models import linear
 from models.registry import CLASSIFIERS, build_pretrain, get_entry, get_size
 from models.temporal import TEMPORAL_MODULES
@@ -311,18 +310,6 @@ def _configs(args: argparse.Namespace) -> list[StepConfig]:
     ]
 
 
-def _merge(results: list[StepResult]) -> StepResult:
-    """One result from several rounds of the same configuration: all step times, the largest peaks."""
-    peaks = [r.peak_bytes for r in results if r.peak_bytes is not None]
-    steps = [r.step_bytes for r in results if r.step_bytes is not None]
-    return replace(
-        results[0],
-        seconds=tuple(t for r in results for t in r.seconds),
-        peak_bytes=max(peaks) if peaks else None,
-        step_bytes=max(steps) if steps else None,
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     if get_entry(args.model).family != "videomae":
         return run_classifier_bench(args)
@@ -330,23 +317,12 @@ def run(args: argparse.Namespace) -> int:
     configs = _configs(args)
     first = configs[0]
     device = torch.device(first.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-    precision = "bf16 autocast" if device.type == "cuda" else "float32"
-    if device.type == "cuda":
-        memory = "torch.cuda.max_memory_allocated (tensors)"
-    elif args.in_process:
-        memory = "not measured on CPU with --in-process"
-    else:
-        memory = "peak resident set (VmHWM) of a fresh process per configuration"
-    print(
-        f"timemae bench-step: torch {torch.__version__}, {first.device} ({where}), {first.threads} threads, {precision}"
-    )
+    print_header(first, args.in_process)
     print(
         f"clip 3 x {first.num_frames} x {first.input_size} x {first.input_size}; step = tube mask + forward + "
         f"norm-pix loss + backward (no optimizer); {args.rounds} round(s) of {first.warmup} warm-up + "
         f"{first.repeats} timed steps per configuration, s/step = median over the timed steps"
     )
-    print(f"memory: {memory}; peak = during the steps, +step = peak minus what was resident before them")
     if device.type == "cpu":
         gemm = "oneDNN (models.linear)" if linear.ENABLED else "F.linear (MKL; TIMEMAE_ONEDNN_LINEAR=0)"
         print(f"linear layers: {gemm}; the same on both attention paths")
@@ -368,7 +344,7 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
     print()
-    print(format_table([_merge(r) for r in rounds.values()]))
+    print(format_table([merge_rounds(r) for r in rounds.values()]))
     return 0
 
 

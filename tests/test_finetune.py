@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, run_script
+from conftest import ROOT, kill_after_checkpoint, run_script
 
 TINY = ["--model", "vit_tiny", "--input-size", "32", "--num-frames", "4", "--grid-n", "2", "--batch-size", "4",
         "--num-workers", "0", "--log-every", "1", "--shuffle-buffer", "8"]
@@ -206,15 +206,7 @@ def test_init_from_an_encoder_export_prints_the_mapping(demo_dir, tmp_path):
 
 
 def _run_until_checkpoint_then_kill(args: list[str], run: Path, step: int, env: dict) -> None:
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    marker = run / "checkpoints" / f"step_{step:08d}" / "COMPLETE"
-    deadline = time.time() + 300
-    while not marker.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert marker.exists(), "the run never wrote its checkpoint"
+    kill_after_checkpoint([sys.executable, *args], run, step, env)
 
 
 def test_sigkill_and_resume_reproduce_the_uninterrupted_run(demo_dir, tmp_path):
