@@ -137,9 +137,17 @@ def iter_tar(path: str) -> Iterator[dict[str, Any]]:
 
 
 def count_tar_samples(path: str) -> int:
-    """Number of distinct keys in one shard (reads the tar headers only)."""
-    with tarfile.open(path, "r:") as tar:
-        return len({m.name.split(".", 1)[0] for m in tar if m.isreg()})
+    """Number of distinct keys in one shard (reads the tar headers only); an unreadable shard counts what could be
+    read (none for a file that is not a tar): the stream skips and counts it when it gets there."""
+    keys: set[str] = set()
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for m in tar:
+                if m.isreg():
+                    keys.add(m.name.split(".", 1)[0])
+    except (tarfile.TarError, OSError, EOFError):
+        pass
+    return len(keys)
 
 
 def shuffled(items: Iterable[Any], buffer_size: int, rng: np.random.Generator) -> Iterator[Any]:
@@ -413,7 +421,7 @@ class ShardDataset(IterableDataset):
         try:
             meta = json.loads(sample["json"])
             label = int(meta["label"])
-        except (KeyError, ValueError, TypeError) as err:
+        except (KeyError, ValueError, TypeError, OverflowError) as err:  # OverflowError: a label such as 1e400
             raise DecodeError(f"no valid JSON record ({type(err).__name__}: {err})") from err
         exts = [e for e in VIDEO_EXTS if e in sample]
         if not exts:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import tarfile
 from collections.abc import Callable, Iterator
 
 from data.clip import ClipSpec
@@ -72,11 +73,14 @@ def classes_needed(source: str, dataset: ShardDataset) -> int:
             return count
     top = -1
     for path in dataset.shards:
-        for sample in iter_tar(path):
-            try:
-                top = max(top, int(json.loads(sample["json"])["label"]))
-            except (KeyError, ValueError, TypeError):
-                continue
+        try:
+            for sample in iter_tar(path):
+                try:
+                    top = max(top, int(json.loads(sample["json"])["label"]))
+                except (KeyError, ValueError, TypeError, OverflowError):
+                    continue  # no valid record: the stream skips and counts it
+        except (tarfile.TarError, OSError, EOFError):
+            continue  # an unreadable shard: the stream skips and counts it
     return top + 1
 
 

@@ -321,16 +321,43 @@ class Trainer:
         return scale is None or scale > floor
 
 
-def check_modality(dataset, modality: str, flag: str) -> None:
-    """The first record of the first shard must hold ``modality`` videos."""
+def check_modality(dataset, modality: str, flag: str, *, records: int = 16, shards: int = 4) -> None:
+    """The first readable records (up to ``records`` of the first ``shards`` shards) must hold ``modality`` videos.
+
+    Unreadable shards and records with no valid JSON are passed over here, as the stream skips and counts them:
+    one bad record never stops a run at start-up.
+
+    Raises:
+        UserError: the records hold another modality, or none of them is readable.
+    """
+    import tarfile
+    from collections import Counter
+
     from data.stream import iter_tar
 
-    for sample in iter_tar(dataset.shards[0]):
-        found = json.loads(sample["json"]).get("modality", "rgb")
-        if found != modality:
-            raise UserError(f"--modality {modality} but the {flag} shards hold {found} videos ({dataset.shards[0]}); "
-                            f"use --modality {found} or other {flag}")
-        return
+    found: Counter[str] = Counter()
+    for path in dataset.shards[:shards]:
+        try:
+            for sample in iter_tar(path):
+                try:
+                    found[str(json.loads(sample["json"]).get("modality", "rgb"))] += 1
+                except (KeyError, ValueError, TypeError, AttributeError):
+                    continue  # the stream skips and counts it
+                if sum(found.values()) >= records:
+                    break
+        except (tarfile.TarError, OSError, EOFError):
+            continue  # the stream skips and counts it
+        if sum(found.values()) >= records:
+            break
+    where = f"{dataset.shards[0]}{', ...' if len(dataset.shards) > 1 else ''}"
+    if not found:
+        raise UserError(f"the {flag} shards ({where}) hold no readable record in their first {shards} shards; "
+                        "rewrite them with `timemae shards`")
+    other = [m for m in found if m != modality]
+    if other:
+        top = max(other, key=found.get)
+        raise UserError(f"--modality {modality} but the {flag} shards hold {top} videos ({where}); "
+                        f"use --modality {top} or other {flag}")
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
