@@ -15,6 +15,7 @@ from the checkpoint (DeepSpeed's zero_to_fp32) and the optimizer moments start a
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import pickle
@@ -41,6 +42,26 @@ def atomic_write_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def check_writable(folder: str, flag: str = "--output-dir") -> None:
+    """Create ``folder`` if needed and prove a file can be written in it (a probe, removed again).
+
+    Raises:
+        UserError: one line naming the folder, the reason (a file in the way, read-only, ...) and the fix.
+    """
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UserError(f"{flag} {folder} is a file, not a folder; give a folder you can write to")
+    probe = os.path.join(folder, f".write-probe-{os.getpid()}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(probe, "w") as fh:
+            fh.write("ok\n")
+        os.remove(probe)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise UserError(f"{flag} {folder} cannot be written ({reason}: {err.filename or folder}); give a folder you "
+                        "can write to") from None
+
+
 def rng_state() -> dict:
     # The python state is a tuple with ints; stored as bytes so the file loads with weights_only=True.
     return {
@@ -57,6 +78,26 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if torch.cuda.is_available() and state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (full disk, I/O error); the previous complete one is untouched."""
+
+
+def fsync_tree(folder: str) -> None:
+    """fsync every file under ``folder`` and the folders themselves (no-op for a missing folder)."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 class CheckpointManager:
@@ -76,14 +117,23 @@ class CheckpointManager:
         return os.path.isfile(os.path.join(self.root, tag, "COMPLETE"))
 
     def save(self, engine, step: int, client_state: dict, info: dict) -> str:
-        """Collective: every rank calls it. Returns the checkpoint folder."""
+        """Collective: every rank calls it. Returns the checkpoint folder.
+
+        Every rank's files are fsynced before rank 0 writes ``COMPLETE``, so a checkpoint that says it is complete
+        is on disk. A write that fails (a full disk: torch says "unexpected pos", the OS "No space left") raises
+        `CheckpointWriteError` naming the folder, the free space and the last complete checkpoint, which is kept.
+        """
         tag = f"{PREFIX}{step:08d}"
         folder = os.path.join(self.root, tag)
         if self.rank == 0 and os.path.isdir(folder) and not self.is_complete(tag):
             shutil.rmtree(folder)  # leftovers of an interrupted save of the same step
         distributed.barrier()
-        engine.save_checkpoint(self.root, tag=tag, client_state=client_state, save_latest=False)
-        atomic_save(rng_state(), os.path.join(folder, f"rng_rank{self.rank}.pt"))
+        try:
+            engine.save_checkpoint(self.root, tag=tag, client_state=client_state, save_latest=False)
+            atomic_save(rng_state(), os.path.join(folder, f"rng_rank{self.rank}.pt"))
+            fsync_tree(folder)
+        except (RuntimeError, OSError) as err:
+            raise self._write_failed(folder, err) from None
         distributed.barrier()
         if self.rank == 0:
             atomic_write_text(os.path.join(folder, "COMPLETE"), json.dumps({"step": step, **info}) + "\n")
@@ -92,6 +142,22 @@ class CheckpointManager:
                 shutil.rmtree(os.path.join(self.root, old), ignore_errors=True)
         distributed.barrier()
         return folder
+
+    def _write_failed(self, folder: str, err: BaseException) -> CheckpointWriteError:
+        """The error for a checkpoint that could not be written; its partial files are removed (rank 0)."""
+        if self.rank == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+        try:
+            free = f"{shutil.disk_usage(self.root).free / 2**20:.0f} MiB free there"
+        except OSError:
+            free = "free space unknown"
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "unexpected pos" in reason or getattr(err, "errno", None) == errno.ENOSPC:
+            reason = f"no space left on the device ({reason})"
+        latest = self.complete_tags()
+        kept = os.path.join(self.root, latest[-1]) if latest else "none"
+        return CheckpointWriteError(f"could not write checkpoint {folder}: {reason}; {free}. The last complete "
+                                    f"checkpoint is {kept}: free some space and resume with --resume auto")
 
     def find(self, resume: str) -> str | None:
         """The checkpoint folder to resume from: ``auto`` (newest complete, if any), ``none``, or a folder."""

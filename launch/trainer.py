@@ -30,7 +30,7 @@ import torch
 from data.errors import UserError
 from launch import config as config_lib
 from launch import distributed
-from launch.checkpoint import CheckpointManager
+from launch.checkpoint import CheckpointManager, CheckpointWriteError
 from launch.ds_config import make_ds_config, merge_extra, resolve_precision
 from launch.logger import RunLogger
 from launch.loop import LoopState, NonFiniteLoss, device_memory, lr_at, step_seed
@@ -109,7 +109,11 @@ class Trainer:
     # Start-up
 
     def start(self) -> None:
-        """Join the process group, pick the device and precision, open the run log."""
+        """Check the run folder can be written, join the process group, pick the device and precision, open the run
+        log."""
+        from launch.checkpoint import check_writable
+
+        check_writable(self.cfg.output_dir)  # before the process group: a bad path is one line, not a hung rank
         self.device = distributed.init(self.info)
         self.precision = resolve_precision(self.cfg.precision, self.device)
         self.dtype = DTYPES[self.precision]
@@ -253,7 +257,7 @@ class Trainer:
                     if info.is_main:
                         log.info(requeue())
                     return 0
-        except NonFiniteLoss as err:
+        except (NonFiniteLoss, CheckpointWriteError) as err:
             log.info(f"stopping: {err}")
             return 1
         finally:

@@ -61,3 +61,42 @@ def test_bad_records_and_shards_are_skipped_from_start_up_on(demo_dir, tmp_path)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
         assert "Traceback" not in out.stderr
         assert "skipping sample" in out.stderr or "unreadable" in out.stderr  # skipped, and said so
+
+
+def test_an_output_dir_that_cannot_be_written_is_one_line_and_exit_2(demo_dir, tmp_path):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [("pretrain/run.py", TINY, a_file, "is a file"), ("pretrain/run.py", TINY, a_file / "under", "Not a dir"),
+             ("pretrain/run.py", TINY, "/proc/timemae-run", "cannot be written"),
+             ("finetune/run.py", TINY[:-2], a_file, "is a file")]  # the check is the shared trainer's
+    for script, extra, folder, reason in cases:
+        out = run_script([script, *extra, "--max-steps", "1", "--output-dir", str(folder)], demo=demo_dir)
+        assert out.returncode == 2, out.stderr[-2000:]
+        lines = [ln for ln in out.stderr.splitlines() if "error" in ln]
+        assert len(lines) == 1 and str(folder) in lines[0] and reason in lines[0], out.stderr[-2000:]
+        assert "Traceback" not in out.stderr
+
+
+def test_a_checkpoint_that_cannot_be_written_keeps_the_last_complete_one(tmp_path):
+    # A full disk makes torch's writer fail with "unexpected pos" deep inside DeepSpeed's save: the run must say what
+    # happened and where its last complete checkpoint is, and leave no partial folder behind.
+    import pytest
+
+    from launch.checkpoint import CheckpointManager, CheckpointWriteError
+
+    class Engine:
+        def __init__(self, fail: bool):
+            self.fail = fail
+
+        def save_checkpoint(self, root, tag, client_state, save_latest):
+            (tmp_path / "checkpoints" / tag).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "checkpoints" / tag / "mp_rank_00_model_states.pt").write_bytes(b"partial")
+            if self.fail:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    ckpt = CheckpointManager(str(tmp_path), rank=0)
+    good = ckpt.save(Engine(fail=False), 1, {}, {"world_size": 1})
+    with pytest.raises(CheckpointWriteError) as err:
+        ckpt.save(Engine(fail=True), 2, {}, {"world_size": 1})
+    assert "no space left on the device" in str(err.value) and good in str(err.value)
+    assert ckpt.find("auto") == good and not (tmp_path / "checkpoints" / "step_00000002").exists()
