@@ -58,6 +58,27 @@ class RunLogger:
         if self.enabled and self._tb is not None:
             self._tb.add_images(tag, images, step, dataformats="NHWC")
 
+    def drop_after(self, step: int) -> None:
+        """Drop the ``log.jsonl`` records of steps after ``step`` (a resumed run replays them), so that each step
+        appears once; the file is rewritten atomically."""
+        if not self.enabled:
+            return
+        from launch.checkpoint import atomic_write_text
+
+        self._jsonl.close()
+        path = os.path.join(self.output_dir, "log.jsonl")
+        kept = []
+        with open(path) as fh:
+            for line in fh:
+                try:
+                    if int(json.loads(line).get("step", 0)) > step:
+                        continue
+                except (ValueError, TypeError, AttributeError):
+                    pass  # a torn last line of a killed run: kept as it is, it is the user's record
+                kept.append(line if line.endswith("\n") else line + "\n")
+        atomic_write_text(path, "".join(kept))
+        self._jsonl = open(path, "a", buffering=1)  # noqa: SIM115 - lives with the run
+
     def flush(self) -> None:
         if self.enabled and self._tb is not None:
             self._tb.flush()

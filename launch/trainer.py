@@ -191,6 +191,8 @@ class Trainer:
         cfg, info, log, device = self.cfg, self.info, self.log, self.device
         ckpt = self.checkpoints()
         resume_dir = ckpt.find(cfg.resume)
+        if resume_dir:
+            check_resume_config(ckpt.read_info(resume_dir).get("config"), cfg, resume_dir)
         same_world = ckpt.prepare_resume(resume_dir, model, world_size=info.world_size, zero_stage=cfg.zero_stage,
                                          log=log.info)
         ds_cfg = merge_extra(make_ds_config(micro_batch=cfg.batch_size, accum_steps=cfg.accum_steps,
@@ -211,6 +213,7 @@ class Trainer:
             state.step, state.micro_batches = int(client["step"]), int(client["micro_batches"])
             state.last_good_checkpoint = resume_dir
             log.info(f"resumed at step {state.step} from {resume_dir}{stage.load_client_state(client)}")
+            log.drop_after(state.step)
         from data.stream import make_loader
 
         dataset.resume_from(state.micro_batches, cfg.batch_size, cfg.num_workers)
@@ -222,7 +225,8 @@ class Trainer:
             client = {"timemae": {"step": state.step, "micro_batches": state.micro_batches,
                                   "epoch": state.step / d.steps_per_epoch, "config": config_lib.to_dict(cfg),
                                   **stage.client_state()}}
-            folder = ckpt.save(engine, state.step, client, {"world_size": info.world_size,
+            folder = ckpt.save(engine, state.step, client, {"config": config_lib.to_dict(cfg),
+                                                            "world_size": info.world_size,
                                                             "zero_stage": cfg.zero_stage, "precision": self.precision})
             state.last_good_checkpoint = folder
             log.info(f"checkpoint {folder}{stage.after_checkpoint(self, engine)}")
@@ -323,6 +327,27 @@ class Trainer:
         scale = getattr(engine.optimizer, "cur_scale", None)
         floor = getattr(engine.optimizer, "min_loss_scale", 1.0)
         return scale is None or scale > floor
+
+
+# Flags a checkpoint cannot be resumed under once changed: the weights' shapes, or the data position and schedule.
+RESUME_FIXED = ("model", "temporal", "temporal_stages", "temporal_options", "num_frames", "input_size", "num_classes",
+                "batch_size", "accum_steps", "seed", "samples_per_decode")
+
+
+def check_resume_config(saved: dict | None, cfg: Any, folder: str) -> None:
+    """Refuse to resume ``folder`` under flags that change the model or the data position (one line naming them).
+
+    Checkpoints written before configs were recorded next to ``COMPLETE`` (``saved`` None) are not checked.
+    """
+    if not isinstance(saved, dict):
+        return
+    now = config_lib.to_dict(cfg)
+    changed = [k for k in RESUME_FIXED if k in saved and k in now and saved[k] != now[k]]
+    if changed:
+        diffs = ", ".join(f"{config_lib.flag_name(k)} {saved[k]} -> {now[k]}" for k in changed)
+        raise UserError(f"cannot resume {folder} with other flags ({diffs}): they change the model or the data "
+                        "position; resume with the checkpoint's values, or start afresh with another --output-dir or "
+                        "--resume none")
 
 
 def check_modality(dataset, modality: str, flag: str, *, records: int = 16, shards: int = 4) -> None:

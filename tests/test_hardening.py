@@ -100,3 +100,24 @@ def test_a_checkpoint_that_cannot_be_written_keeps_the_last_complete_one(tmp_pat
         ckpt.save(Engine(fail=True), 2, {}, {"world_size": 1})
     assert "no space left on the device" in str(err.value) and good in str(err.value)
     assert ckpt.find("auto") == good and not (tmp_path / "checkpoints" / "step_00000002").exists()
+
+
+def test_resume_logs_each_step_once_and_refuses_flags_that_change_the_model_or_data(demo_dir, tmp_path):
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    common = ["pretrain/run.py", *TINY, "--max-steps", "4", "--save-every", "2", "--output-dir", str(run)]
+    out = run_script(common, demo=demo_dir)
+    assert out.returncode == 0, out.stderr[-2000:]
+    shutil.rmtree(run / "checkpoints" / "step_00000004")  # as if killed after step 4 was logged, before its save
+    (run / "checkpoints" / "latest").write_text("step_00000002\n")
+    for flags, changed in ((["--batch-size", "2"], "--batch-size 4 -> 2"), (["--model", "vit_small"], "--model")):
+        out = run_script([*common, *flags], demo=demo_dir)
+        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+        lines = [ln for ln in out.stderr.splitlines() if "error" in ln]
+        assert len(lines) == 1 and "cannot resume" in lines[0] and changed in lines[0], out.stderr[-2000:]
+    out = run_script(common, demo=demo_dir)
+    assert out.returncode == 0 and "resumed at step 2" in out.stdout, out.stderr[-2000:]
+    steps = [json.loads(ln)["step"] for ln in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # the replayed steps 3 and 4 appear once
