@@ -17,18 +17,21 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
-import pickle
 import random
 import shutil
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
 from data.errors import UserError
 from launch import distributed
-from models.checkpoint import atomic_save
+from models.checkpoint import atomic_save, load_file
+
+log = logging.getLogger(__name__)
 
 PREFIX = "step_"
 
@@ -63,21 +66,55 @@ def check_writable(folder: str, flag: str = "--output-dir") -> None:
 
 
 def rng_state() -> dict:
-    # The python state is a tuple with ints; stored as bytes so the file loads with weights_only=True.
+    """This process's RNG states as plain data (ints, floats, tensors), so the file loads with weights_only=True."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {
-        "python": torch.frombuffer(bytearray(pickle.dumps(random.getstate())), dtype=torch.uint8),
-        "numpy": torch.frombuffer(bytearray(pickle.dumps(np.random.get_state())), dtype=torch.uint8),
+        "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
-def set_rng_state(state: dict) -> None:
-    random.setstate(pickle.loads(state["python"].numpy().tobytes()))  # noqa: S301 - our own file (rng_state)
-    np.random.set_state(pickle.loads(state["numpy"].numpy().tobytes()))  # noqa: S301
+def set_rng_state(state: dict) -> bool:
+    """Restore what `rng_state` saved; False (nothing restored but torch's) for files of the older pickled format,
+    which are not unpickled."""
     torch.set_rng_state(state["torch"])
     if torch.cuda.is_available() and state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
+    py, npy = state.get("python"), state.get("numpy")
+    if not isinstance(py, dict) or not isinstance(npy, dict):
+        return False
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                         npy["cached_gaussian"]))
+    return True
+
+
+def deepspeed_safe_globals() -> tuple[type, ...]:
+    """The DeepSpeed classes its own ZeRO optimizer-state files pickle. Allowed by the safe loader: restored as
+    plain attribute holders or enum members; unlike a REDUCE of an arbitrary callable, none of them runs code."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return (LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address)
+
+
+def safe_load(path: str, map_location: Any = "cpu") -> dict:
+    """A checkpoint file of a run (ours or DeepSpeed's) with ``weights_only=True``: a tampered file is refused with
+    one line naming it, and nothing in it runs."""
+    return load_file(path, allow=deepspeed_safe_globals(), map_location=map_location)
+
+
+def make_loads_safe(engine) -> None:
+    """Route every file DeepSpeed's engine loads through `safe_load` (its own loader unpickles fully).
+
+    Only ``load`` of the engine's checkpoint engine is replaced; saving is untouched.
+    """
+    engine.checkpoint_engine.load = lambda path, map_location=None: safe_load(path, map_location or "cpu")
 
 
 class CheckpointWriteError(RuntimeError):
@@ -218,8 +255,8 @@ class CheckpointManager:
         if client_state is None:
             raise UserError(f"DeepSpeed could not load the checkpoint {folder}; start afresh with --resume none")
         rng_file = os.path.join(folder, f"rng_rank{self.rank}.pt")
-        if os.path.isfile(rng_file):
-            set_rng_state(torch.load(rng_file, weights_only=True))
+        if os.path.isfile(rng_file) and not set_rng_state(safe_load(rng_file)):
+            log.warning("%s is in the older pickled format: the python / numpy RNG states start afresh", rng_file)
         return client_state
 
     @staticmethod
@@ -230,9 +267,12 @@ class CheckpointManager:
         root, tag = os.path.split(folder)
         info = CheckpointManager.read_info(folder)
         if info.get("zero_stage", 0) == 0:
-            state = torch.load(os.path.join(folder, "mp_rank_00_model_states.pt"), map_location="cpu",
-                               weights_only=False)
+            state = safe_load(os.path.join(folder, "mp_rank_00_model_states.pt"))
             return {k: v.float() for k, v in state["module"].items()}
+        # DeepSpeed's consolidation unpickles fully: every file it reads is first proven to be plain data.
+        for name in sorted(os.listdir(folder)):
+            if name.endswith(".pt"):
+                safe_load(os.path.join(folder, name), map_location="meta")
         return get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
 
     @staticmethod
@@ -241,5 +281,5 @@ class CheckpointManager:
         for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"):  # ZeRO 0-2 / 3
             path = os.path.join(folder, name)
             if os.path.isfile(path):
-                return torch.load(path, map_location="cpu", weights_only=False).get("timemae", {})
+                return safe_load(path).get("timemae", {})
         raise UserError(f"{folder} holds no DeepSpeed model-state file; resume from another checkpoint")

@@ -30,7 +30,7 @@ import torch
 from data.errors import UserError
 from launch import config as config_lib
 from launch import distributed
-from launch.checkpoint import CheckpointManager, CheckpointWriteError
+from launch.checkpoint import CheckpointManager, CheckpointWriteError, make_loads_safe
 from launch.ds_config import make_ds_config, merge_extra, resolve_precision
 from launch.logger import RunLogger
 from launch.loop import LoopState, NonFiniteLoss, device_memory, lr_at, step_seed
@@ -207,6 +207,7 @@ class Trainer:
 
         optimizer = stage.make_optimizer(model, d.lr, device)
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
+        make_loads_safe(engine)
         state = LoopState()
         if resume_dir:
             client = ckpt.resume_state(engine, resume_dir, same_world)

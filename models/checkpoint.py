@@ -87,28 +87,30 @@ def check_plain(value: Any, where: str = "config") -> None:
 # Reading
 
 
-def load_file(path: str | os.PathLike) -> dict:
-    """Read a checkpoint file onto the CPU with ``weights_only=True`` and the `SAFE_GLOBALS` allow-list.
+def load_file(path: str | os.PathLike, *, allow: tuple[type, ...] = (), map_location: Any = "cpu") -> dict:
+    """Read a checkpoint file with ``weights_only=True`` and the `SAFE_GLOBALS` allow-list (plus ``allow``).
 
     Raises:
-        UserError: the file is missing, is not a torch checkpoint, needs a class outside the allow-list (nothing of
-            it is executed), or does not hold a dict.
+        UserError: the file is missing, is not a torch checkpoint, needs a class outside the allow-list or holds
+            pickled code (refused: nothing of it is executed), or does not hold a dict.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise UserError(f"checkpoint {path} does not exist; check the --init-from path")
+        raise UserError(f"checkpoint {path} does not exist; check the path")
     try:
-        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals([*SAFE_GLOBALS, *allow]):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if found:
             raise UserError(
-                f"{path} is not a recognised checkpoint: it contains a pickled {found.group(1)}, which is not on the "
-                "allow-list of safe classes; in a trusted environment re-save only its weights, e.g. "
-                "torch.save({'model': state_dict}, 'weights.pth')"
+                f"{path} is not a recognised checkpoint and is refused: it contains a pickled {found.group(1)}, which "
+                "is not on the allow-list of safe classes (nothing of it was run); if you trust the file, re-save only "
+                "its weights, e.g. torch.save({'model': state_dict}, 'weights.pth')"
             ) from None
-        raise UserError(f"{path} is not a recognised checkpoint (not a readable torch file); check the path") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else "unpicklable content"
+        raise UserError(f"{path} is not a recognised checkpoint and is refused: its pickled content is not plain "
+                        f"data ({reason}; nothing of it was run); check the file") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise UserError(f"{path} is not a recognised checkpoint ({reason}); check the path") from None

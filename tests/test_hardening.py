@@ -121,3 +121,38 @@ def test_resume_logs_each_step_once_and_refuses_flags_that_change_the_model_or_d
     assert out.returncode == 0 and "resumed at step 2" in out.stdout, out.stderr[-2000:]
     steps = [json.loads(ln)["step"] for ln in (run / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]  # the replayed steps 3 and 4 appear once
+
+
+class _Payload:
+    """Unpickling this creates a file: proof that code from a checkpoint ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_tampered_checkpoint_file_is_refused_and_runs_nothing(demo_dir, tmp_path):
+    import shutil
+
+    import torch
+
+    run = tmp_path / "run"
+    common = ["pretrain/run.py", *TINY, "--zero-stage", "2", "--max-steps", "2", "--save-every", "1"]
+    out = run_script([*common, "--output-dir", str(run)], demo=demo_dir)
+    assert out.returncode == 0, out.stderr[-2000:]
+    marker = tmp_path / "code_ran"
+    for name, resume in (("mp_rank_00_model_states.pt", "auto"), ("zero_pp_rank_0_mp_rank_00_optim_states.pt", "auto"),
+                         ("rng_rank0.pt", "auto"), ("mp_rank_00_model_states.pt", "PATH")):
+        copy = tmp_path / f"copy_{name}_{resume}"
+        shutil.copytree(run, copy)
+        tampered = copy / "checkpoints" / "step_00000002" / name
+        original = torch.load(tampered, weights_only=False)
+        torch.save({**original, "payload": _Payload(str(marker))}, tampered)
+        where = str(copy / "checkpoints" / "step_00000002") if resume == "PATH" else "auto"
+        out = run_script([*common, "--max-steps", "3", "--output-dir", str(copy), "--resume", where], demo=demo_dir)
+        assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+        lines = [ln for ln in out.stderr.splitlines() if "error" in ln]
+        assert len(lines) == 1 and str(tampered) in lines[0] and "refused" in lines[0], out.stderr[-2000:]
+        assert "Traceback" not in out.stderr and not marker.exists()
