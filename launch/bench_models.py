@@ -364,6 +364,29 @@ class ClassifierResult:
         return min(self.seconds) / self.config.batch_size
 
 
+def time_steps(step: Callable[[], None], device: torch.device, warmup: int, repeats: int, fresh_process: bool
+               ) -> tuple[tuple[float, ...], int | None, int | None]:
+    """Run ``step`` ``warmup`` untimed then ``repeats`` timed times (synchronised on CUDA).
+
+    Returns:
+        (seconds of the timed steps, peak memory during all of them, its increase over what was resident before;
+        both None where memory is not measured, see `reset_peak`).
+    """
+    base = reset_peak(device, fresh_process)
+    seconds = []
+    for i in range(warmup + repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= warmup:
+            seconds.append(time.perf_counter() - start)
+    top = None if base is None else peak(device)
+    return tuple(seconds), top, None if top is None else top - base
+
+
 def measure_classifier(cfg: ClassifierStepConfig, fresh_process: bool = False) -> ClassifierResult:
     """Build the classifier for ``cfg`` and time ``cfg.warmup + cfg.repeats`` forward + backward steps.
 
@@ -391,19 +414,8 @@ def measure_classifier(cfg: ClassifierStepConfig, fresh_process: bool = False) -
             logits = model(x)
         F.cross_entropy(logits.float(), labels).backward()
 
-    base = reset_peak(device, fresh_process)
-    seconds = []
-    for i in range(cfg.warmup + cfg.repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= cfg.warmup:
-            seconds.append(time.perf_counter() - start)
-    top = None if base is None else peak(device)
-    return ClassifierResult(cfg, tuple(seconds), top, None if top is None else top - base, gflops)
+    seconds, top, during = time_steps(step, device, cfg.warmup, cfg.repeats, fresh_process)
+    return ClassifierResult(cfg, seconds, top, during, gflops)
 
 
 def _measure_fresh(cfg_dict: dict) -> dict:

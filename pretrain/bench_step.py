@@ -28,15 +28,19 @@ import argparse
 import contextlib
 import os
 import statistics
-import time
 from dataclasses import asdict, dataclass
 
 import torch
 
 from data.errors import UserError
-from launch.bench_models import merge_rounds, print_header, run_classifier_bench, run_fresh, with_defaults
-from launch.bench_models import peak as _peak
-from launch.bench_models import reset_peak as _reset_peak
+from launch.bench_models import (
+    merge_rounds,
+    print_header,
+    run_classifier_bench,
+    run_fresh,
+    time_steps,
+    with_defaults,
+)
 from models import linear
 from models.registry import CLASSIFIERS, build_pretrain, get_entry, get_size
 from models.temporal import TEMPORAL_MODULES
@@ -141,23 +145,12 @@ def measure(cfg: StepConfig, fresh_process: bool = False) -> StepResult:
         loss = reconstruction_loss(pred, x, mask, patch_size=model.patch_size, tubelet_size=model.tubelet_size)
         loss.backward()
 
-    base = _reset_peak(device, fresh_process)
-    seconds = []
-    for i in range(cfg.warmup + cfg.repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        if i >= cfg.warmup:
-            seconds.append(time.perf_counter() - start)
-    peak = None if base is None else _peak(device)
+    seconds, peak, during = time_steps(step, device, cfg.warmup, cfg.repeats, fresh_process)
     return StepResult(
         config=cfg,
-        seconds=tuple(seconds),
+        seconds=seconds,
         peak_bytes=peak,
-        step_bytes=None if peak is None else peak - base,
+        step_bytes=during,
         sdpa_backend=backend,
         visible_tokens=visible,
         decoded_tokens=masked,
