@@ -122,19 +122,21 @@ class CheckpointWriteError(RuntimeError):
 
 
 def fsync_tree(folder: str) -> None:
-    """fsync every file under ``folder`` and the folders themselves (no-op for a missing folder)."""
+    """fsync every file under ``folder`` and the folders themselves (no-op for a missing folder).
+
+    Other ranks write into the same folder meanwhile: a file that vanishes between listing and opening was a
+    temporary file renamed by its writer (`atomic_save`, which fsyncs it itself), so it is passed over.
+    """
     for root, _, files in os.walk(folder):
-        for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+        for path in [*(os.path.join(root, name) for name in files), root]:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
             try:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        fd = os.open(root, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class CheckpointManager:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any, Protocol
@@ -264,6 +265,8 @@ class Trainer:
                     return 0
         except (NonFiniteLoss, CheckpointWriteError) as err:
             log.info(f"stopping: {err}")
+            if not info.is_main:  # the log speaks for rank 0 only; a reason seen only here must still be read
+                print(f"rank {info.rank}: stopping: {err}", file=sys.stderr, flush=True)
             return 1
         finally:
             log.close()
@@ -406,8 +409,6 @@ def grad_norm(module: torch.nn.Module) -> float:
 
 def entry(main, prog: str) -> None:
     """A training script's ``__main__``: `UserError` -> one line and exit 2; a finished run exits without teardown."""
-    import sys
-
     try:
         code = main()
     except UserError as err:
