@@ -4,7 +4,8 @@ Each subcommand lives in a module that exposes ``CLI = {name: (add_arguments, ru
 declares the flags and ``run(args) -> int`` does the work. Modules are imported only when their command runs, so
 ``timemae --help`` is instant and one broken optional dependency cannot take down every command.
 
-Bad input raises `data.errors.UserError`; it is printed as one line and the process exits with code 2.
+Bad input raises `data.errors.UserError` (or `DecodeError` for a video the user named that cannot be decoded); it is
+printed as one line and the process exits with code 2.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 import importlib
 import sys
 
-from data.errors import UserError
+from data.errors import DecodeError, UserError
 
 # name -> (module, one-line help). The order is the order `timemae --help` lists them in.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     try:
         return int(run(args) or 0)
-    except UserError as err:
+    except (UserError, DecodeError) as err:  # a DecodeError that gets here is the one video the user named
         print(f"timemae {name}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -26,6 +26,10 @@ def native_bf16() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability(0)[0] >= 8
 
 
+# Without CUDA every test here is skipped for that reason, not for the bf16 one.
+BF16 = "bf16 needs compute capability >= 8 (A100, H100)" if torch.cuda.is_available() else "needs a CUDA GPU"
+
+
 def read_log(run: Path, kind: str | None = None) -> dict[int, dict]:
     records = {}
     for line in (run / "log.jsonl").read_text().splitlines():
@@ -43,7 +47,7 @@ def finite_positive(value) -> bool:
     return value is not None and math.isfinite(value) and value > 0
 
 
-@pytest.mark.skipif(not native_bf16(), reason="bf16 needs compute capability >= 8 (A100, H100)")
+@pytest.mark.skipif(not native_bf16(), reason=BF16)
 @pytest.mark.parametrize("zero,extra", [("0", []), ("1", []), ("2", []), ("3", []), ("2", ["--bf16-overflow-check"])])
 def test_auto_precision_trains_in_bf16_with_nccl_at_every_zero_stage_and_resumes(demo_dir, tmp_path, zero, extra):
     run = tmp_path / "run"
@@ -94,7 +98,7 @@ def test_the_deepspeed_launcher_as_typed(demo_dir, tmp_path):
     assert sorted(read_log(run)) == [1, 2, 3] and (run / "encoder.pth").is_file()
 
 
-@pytest.mark.skipif(not native_bf16(), reason="bf16 needs compute capability >= 8 (A100, H100)")
+@pytest.mark.skipif(not native_bf16(), reason=BF16)
 def test_fine_tuning_in_bf16(demo_dir, tmp_path):
     run = tmp_path / "run"
     out = run_script(["finetune/run.py", *[a for a in TINY if a != "0.75" and a != "--mask-ratio"], "--max-steps",
@@ -107,7 +111,7 @@ def test_fine_tuning_in_bf16(demo_dir, tmp_path):
     assert all(0 <= rec["top1"] <= rec["top5"] <= 1 and rec["num_videos"] == 32 for rec in evals.values())
 
 
-@pytest.mark.skipif(not native_bf16(), reason="bf16 needs compute capability >= 8 (A100, H100)")
+@pytest.mark.skipif(not native_bf16(), reason=BF16)
 def test_fused_attention_matches_the_explicit_path_in_bf16():
     from models import build_pretrain
     from pretrain.bench_step import _sdpa_backend

@@ -42,3 +42,13 @@ def test_preview_bad_input_exit_2(tmp_path):
     cmd[-2:] = ["--grid-n", "0", "--out", str(tmp_path / "o")]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--grid-n 0" in done.stderr
+
+
+def test_preview_of_an_undecodable_file_is_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video\n" * 100)
+    cmd = [sys.executable, "-m", "launch.cli", "preview", "--video", str(bad), "--out", str(tmp_path / "o")]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    lines = [ln for ln in done.stderr.splitlines() if "error" in ln]
+    assert len(lines) == 1 and str(bad) in lines[0] and "not a readable video" in lines[0]
