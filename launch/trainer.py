@@ -187,7 +187,7 @@ class Trainer:
 
         Returns:
             The exit code: 0 when done or stopped by a signal (checkpoint written), 1 after too many non-finite
-            losses.
+            losses or skipped optimizer steps, or when a checkpoint cannot be written.
         """
         cfg, info, log, device = self.cfg, self.info, self.log, self.device
         ckpt = self.checkpoints()
