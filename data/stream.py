@@ -11,7 +11,10 @@ Two explicit modes:
   An epoch is ``num_samples`` yielded clips (the training loop counts; the stream never ends). With
   ``samples_per_decode = K`` each decode yields K clips, so an epoch is ``num_samples / K`` decodes.
 
-Both modes pass samples through a shuffle buffer (before decoding, so it holds encoded bytes, not frames).
+Both modes pass samples through a shuffle buffer. The buffer holds where samples are (shard, byte offset, size,
+from one header-only scan of each shard, `scan_tar`), not their bytes: a sample's bytes are read only when it is
+decoded. So a resumed stream replays the draws and the buffer up to its position without reading any sample it
+skips, and continues exactly where the interrupted one stopped (`ShardDataset.resume_from`).
 
 Bad data never stops training: a sample that fails to decode (corrupt bytes, broken JSON, decode timeout) is
 skipped, logged with ``logging.warning`` (key, shard, reason) and counted; an unreadable shard is logged and counted
@@ -25,6 +28,8 @@ is decoded in one ``get_batch``, and K clips (own offsets, own augmentation) are
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import glob
 import itertools
 import json
@@ -63,6 +68,8 @@ OUTPUTS = ("float", "uint8")
 VIDEO_EXTS = ("mp4", "avi", "mkv", "webm", "mov", "m4v", "mpg", "mpeg", "bin")
 DEFAULT_SHUFFLE_BUFFER = 128
 DEFAULT_DECODE_TIMEOUT_S = 30.0
+SCAN_CACHE = 64  # shards whose scan a worker keeps
+OPEN_SHARDS = 8  # shard files a worker keeps open
 
 
 def resolve_shards(shards: str | os.PathLike | Iterable[str]) -> tuple[list[str], int | None]:
@@ -134,6 +141,62 @@ def iter_tar(path: str) -> Iterator[dict[str, Any]]:
             current[ext] = data
         if current is not None:
             yield current
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+    """Where one sample's members lie in its shard: ``members`` is ``((ext, data offset, size), ...)``."""
+
+    key: str
+    members: tuple[tuple[str, int, int], ...]
+
+
+def scan_tar(path: str) -> tuple[list[Record], Exception | None]:
+    """The samples of one tar, in order, from its headers only (the members' data is seeked over, never read).
+
+    Returns:
+        (the samples before any error, the error or None). A file that is not a tar gives ([], the error); the
+        sample whose headers were being read when the tar broke is left out, as `iter_tar` leaves it out.
+    """
+    records: list[Record] = []
+    key: str | None = None
+    members: list[tuple[str, int, int]] = []
+    try:
+        with tarfile.open(path, "r:") as tar:
+            for member in tar:
+                tar.members = []  # do not keep every header of a big shard in memory
+                if not member.isreg():
+                    continue
+                base = os.path.basename(member.name)
+                if "." not in base:
+                    continue
+                name = os.path.join(os.path.dirname(member.name), base.split(".", 1)[0])
+                if name != key:
+                    if key is not None:
+                        records.append(Record(key, tuple(members)))
+                    key, members = name, []
+                members.append((base.split(".", 1)[1].lower(), member.offset_data, member.size))
+    except (tarfile.TarError, OSError, EOFError) as err:
+        return records, err  # the sample being read when the tar broke belongs to its unreadable rest
+    if key is not None:
+        records.append(Record(key, tuple(members)))
+    return records, None
+
+
+def read_record(fh: Any, record: Record) -> dict[str, Any]:
+    """One sample's bytes from its open shard: ``{"__key__": key, ext: bytes, ...}`` (as `iter_tar` yields).
+
+    Raises:
+        DecodeError: a member is cut short (the shard was truncated after it was scanned).
+    """
+    sample: dict[str, Any] = {"__key__": record.key}
+    for ext, offset, size in record.members:
+        fh.seek(offset)
+        data = fh.read(size)
+        if len(data) != size:
+            raise DecodeError(f"member {record.key}.{ext} is cut short ({len(data)} of {size} bytes)")
+        sample[ext] = data
+    return sample
 
 
 def count_tar_samples(path: str) -> int:
@@ -341,7 +404,10 @@ class ShardDataset(IterableDataset):
         self._epoch = multiprocessing.Value("q", 0)
         self._resume_batches = 0  # batches of this rank already consumed (resume), see resume_from
         self._resume_batch_size = 1
-        self._resume_workers = 1
+        self._resume_positions: dict[int, int] | None = None
+        self._consumed: dict[int, int] = {}  # main process: logical worker -> clips of its stream consumed
+        self._scans: collections.OrderedDict[str, tuple[list[Record], Exception | None]] = collections.OrderedDict()
+        self._records_read = multiprocessing.Value("q", 0)
         self._skipped = multiprocessing.Value("q", 0)
         self._bad_shards = multiprocessing.Value("q", 0)
 
@@ -358,21 +424,51 @@ class ShardDataset(IterableDataset):
         """Set the epoch used in the worker seeds (reaches persistent workers too)."""
         self._epoch.value = int(epoch)
 
-    def resume_from(self, batches_consumed: int, batch_size: int, num_workers: int) -> None:
+    def resume_from(self, batches_consumed: int, batch_size: int, positions: dict[int, int] | None = None) -> None:
         """Continue the stream after ``batches_consumed`` batches of this rank (a resumed run).
 
-        A DataLoader takes batch j from worker ``j % num_workers``, so worker w skips its share of the consumed
-        batches. Skipped samples are read from the tar but not decoded; sampling and augmentation randomness is
-        drawn per decode from (seed, rank, worker, epoch, decode number), so the resumed stream continues exactly as
-        the uninterrupted one would have (as long as no sample failed to decode in the skipped part).
+        A DataLoader takes batch j from worker ``j % num_workers`` and starts every new iterator at worker 0. So the
+        stream of batch j belongs to the *logical* worker ``j % num_workers``: in a resumed loader, worker w plays
+        logical worker ``(w + batches_consumed) % num_workers`` and batch j of the new loader is batch
+        ``batches_consumed + j`` of the run, whatever the worker count.
+
+        Args:
+            batches_consumed: batches of this rank taken from the stream before (skipped non-finite ones included).
+            batch_size: clips per batch.
+            positions: `position` of the interrupted run: clips consumed per logical worker. Exact even when some
+                samples failed to decode. Without it (checkpoints of older versions) each logical worker skips its
+                share of ``batches_consumed x batch_size`` clips, which is exact when no sample failed.
+
+        A logical worker replays its shard draws and shuffle buffer up to its position without reading or decoding
+        any skipped sample (`Record`), and the sampling and augmentation randomness of each decode is drawn from
+        (seed, rank, logical worker, epoch, decode number): the resumed stream is the uninterrupted one.
         """
         self._resume_batches = int(batches_consumed)
         self._resume_batch_size = int(batch_size)
-        self._resume_workers = max(1, int(num_workers))
+        self._resume_positions = None if positions is None else {int(k): int(v) for k, v in positions.items()}
+        self._consumed = dict(self._resume_positions or {})
 
-    def _samples_to_skip(self, worker: int) -> int:
-        b, w = self._resume_batches, self._resume_workers
-        return max(0, (b - worker + w - 1) // w) * self._resume_batch_size
+    def _clips_to_skip(self, logical: int, num_workers: int) -> int:
+        if self._resume_positions is not None:
+            return self._resume_positions.get(logical, 0)
+        b, w = self._resume_batches, num_workers
+        return max(0, (b - logical + w - 1) // w) * self._resume_batch_size
+
+    def tracked(self, batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """``batches`` (a loader's iterator over this dataset), recording each batch as it is taken (`position`)."""
+        for batch in batches:
+            meta = batch.get("meta", {})
+            if "stream_worker" in meta:  # a batch comes from one worker, its clips in stream order
+                self._consumed[int(meta["stream_worker"][-1])] = int(meta["stream_pos"][-1]) + 1
+            yield batch
+
+    def position(self) -> dict[int, int]:
+        """Clips consumed so far per logical worker (plain data for a checkpoint; see `resume_from`)."""
+        return dict(self._consumed)
+
+    def records_read(self) -> int:
+        """Samples whose bytes were read from the shards so far, over all workers."""
+        return int(self._records_read.value)
 
     def stats(self) -> dict[str, int]:
         """Totals over all workers so far: {"skipped_samples", "bad_shards"}."""
@@ -398,15 +494,25 @@ class ShardDataset(IterableDataset):
 
     # -- the stream ------------------------------------------------------------------------------------------------
 
-    def _raw_samples(self, shard_paths: Iterable[str]) -> Iterator[dict[str, Any]]:
+    def _scan(self, path: str) -> tuple[list[Record], Exception | None]:
+        """`scan_tar` of a shard, kept for the most recently used ones (a worker draws the same shards again)."""
+        if path in self._scans:
+            self._scans.move_to_end(path)
+            return self._scans[path]
+        found = self._scans[path] = scan_tar(path)
+        if len(self._scans) > SCAN_CACHE:
+            self._scans.popitem(last=False)
+        return found
+
+    def _records(self, shard_paths: Iterable[str]) -> Iterator[tuple[str, Record]]:
+        """(shard, record) of every sample of the shards in turn; no sample's bytes are read here."""
         failures = 0  # unreadable shards in a row with no sample between them
         for path in shard_paths:
-            try:
-                for sample in iter_tar(path):
-                    sample["__shard__"] = path
-                    failures = 0
-                    yield sample
-            except (tarfile.TarError, OSError, EOFError) as err:
+            records, err = self._scan(path)
+            if records:
+                failures = 0
+            yield from ((path, record) for record in records)
+            if err is not None:
                 self._count(self._bad_shards)
                 log.warning("shard %s unreadable from some point on, rest of it skipped: %s", path, err)
                 failures += 1
@@ -415,6 +521,24 @@ class ShardDataset(IterableDataset):
                         f"the last {failures} shards read were all unreadable (latest: {path}: {err}); "
                         "rewrite them with `timemae shards`"
                     ) from err
+
+    def _read(self, path: str, record: Record, files: dict[str, Any]) -> dict[str, Any]:
+        """The bytes of one sample (the last few shards read stay open in ``files``)."""
+        fh = files.get(path)
+        if fh is None:
+            if len(files) >= OPEN_SHARDS:  # the shuffle buffer mixes a few shards: keep the newest ones open
+                files.pop(next(iter(files))).close()
+            try:
+                fh = files[path] = open(path, "rb")  # noqa: SIM115 -- closed by __iter__ (or when evicted here)
+            except OSError as err:
+                raise DecodeError(f"shard unreadable: {err}") from err
+        self._count(self._records_read)
+        try:
+            sample = read_record(fh, record)
+        except OSError as err:
+            raise DecodeError(f"shard unreadable: {err}") from err
+        sample["__shard__"] = path
+        return sample
 
     def _decode(self, sample: dict[str, Any], rng: np.random.Generator) -> list[dict[str, Any]]:
         """K samples from one encoded sample; raises DecodeError for bad data."""
@@ -445,39 +569,48 @@ class ShardDataset(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        logical = (worker + self._resume_batches) % num_workers  # see resume_from
         epoch = int(self._epoch.value)
-        rng = np.random.default_rng([self.seed, self.rank, worker, epoch])
+        rng = np.random.default_rng([self.seed, self.rank, logical, epoch])
         if self.mode == "exact":
             self.check_workers(num_workers)
             total = self.world_size * num_workers
-            mine = self.shards[self.rank * num_workers + worker :: total]
+            mine = self.shards[self.rank * num_workers + logical :: total]
             shard_paths: Iterable[str] = [mine[i] for i in rng.permutation(len(mine))] if self.shuffle_buffer else mine
         else:
             shard_paths = (self.shards[int(rng.integers(len(self.shards)))] for _ in itertools.count())
         failures = 0
-        skip = self._samples_to_skip(worker)
         k = self.samples_per_decode
-        for decode_number, sample in enumerate(shuffled(self._raw_samples(shard_paths), self.shuffle_buffer, rng)):
-            if skip >= k:  # resuming: this decode's clips were consumed before the restart
-                skip -= k
-                continue
-            # Per-decode randomness: independent of how many decodes were skipped or failed before this one.
-            sample_rng = np.random.default_rng([self.seed, self.rank, worker, epoch, decode_number])
-            try:
-                out = self._decode(sample, sample_rng)
-            except DecodeError as err:
-                self._count(self._skipped)
-                log.warning("skipping sample %s (%s): %s", sample.get("__key__"), sample.get("__shard__"), err)
-                failures += 1
-                if failures >= self.max_consecutive_failures:
-                    raise UserError(
-                        f"the last {failures} samples all failed to decode (latest: {err}); the shards "
-                        f"({self.shards[0]}, ...) do not hold readable videos: rewrite them with `timemae shards`"
-                    ) from err
-                continue
-            failures = 0
-            yield from out[skip:]
-            skip = 0
+        skip = self._clips_to_skip(logical, num_workers)
+        files: dict[str, Any] = {}
+        try:
+            refs = shuffled(self._records(shard_paths), self.shuffle_buffer, rng)
+            for decode_number, (path, record) in enumerate(refs):
+                if skip >= k:  # resuming: this decode's clips were consumed before the restart (nothing is read)
+                    skip -= k
+                    continue
+                # Per-decode randomness: independent of how many decodes were skipped or failed before this one.
+                sample_rng = np.random.default_rng([self.seed, self.rank, logical, epoch, decode_number])
+                try:
+                    out = self._decode(self._read(path, record, files), sample_rng)
+                except DecodeError as err:
+                    self._count(self._skipped)
+                    log.warning("skipping sample %s (%s): %s", record.key, path, err)
+                    failures += 1
+                    if failures >= self.max_consecutive_failures:
+                        raise UserError(
+                            f"the last {failures} samples all failed to decode (latest: {err}); the shards "
+                            f"({self.shards[0]}, ...) do not hold readable videos: rewrite them with `timemae shards`"
+                        ) from err
+                    continue
+                failures = 0
+                for j in range(skip, len(out)):
+                    out[j]["meta"].update(stream_worker=logical, stream_pos=decode_number * k + j)
+                    yield out[j]
+                skip = 0
+        finally:
+            for fh in files.values():
+                fh.close()
 
 
 def make_loader(

@@ -4,6 +4,7 @@ Layout under ``<output_dir>/checkpoints``::
 
     step_00001000/          DeepSpeed files of every rank (model, ZeRO optimizer partitions)
                             rng_rank{r}.pt  python / numpy / torch RNG states of rank r
+                            stream_rank{r}.json  rank r's data position (clips consumed per loader worker)
                             COMPLETE        JSON (step, world size, ZeRO stage), written last
     latest                  the name of the newest complete checkpoint; replaced atomically (rename)
 
@@ -155,12 +156,13 @@ class CheckpointManager:
     def is_complete(self, tag: str) -> bool:
         return os.path.isfile(os.path.join(self.root, tag, "COMPLETE"))
 
-    def save(self, engine, step: int, client_state: dict, info: dict) -> str:
+    def save(self, engine, step: int, client_state: dict, info: dict, stream: dict | None = None) -> str:
         """Collective: every rank calls it. Returns the checkpoint folder.
 
         Every rank's files are fsynced before rank 0 writes ``COMPLETE``, so a checkpoint that says it is complete
         is on disk. A write that fails (a full disk: torch says "unexpected pos", the OS "No space left") raises
         `CheckpointWriteError` naming the folder, the free space and the last complete checkpoint, which is kept.
+        ``stream`` (this rank's data position, plain data) goes to ``stream_rank{r}.json``.
         """
         tag = f"{PREFIX}{step:08d}"
         folder = os.path.join(self.root, tag)
@@ -170,6 +172,8 @@ class CheckpointManager:
         try:
             engine.save_checkpoint(self.root, tag=tag, client_state=client_state, save_latest=False)
             atomic_save(rng_state(), os.path.join(folder, f"rng_rank{self.rank}.pt"))
+            if stream is not None:
+                atomic_write_text(os.path.join(folder, f"stream_rank{self.rank}.json"), json.dumps(stream) + "\n")
             fsync_tree(folder)
         except (RuntimeError, OSError) as err:
             raise self._write_failed(folder, err) from None
@@ -244,6 +248,27 @@ class CheckpointManager:
         """After ``deepspeed.initialize``: the run's client state (``"timemae"``), restoring everything DeepSpeed
         saved (optimizer, loss scaler) and this rank's RNG states when `prepare_resume` said it can."""
         return self.load(engine, folder)["timemae"] if same_world else self.client_state(folder)
+
+    def stream_position(self, folder: str, *, num_workers: int, same_world: bool,
+                        log: Callable[[str], None]) -> dict[int, int] | None:
+        """This rank's data position saved in ``folder`` (`data.stream.ShardDataset.position`), or None when the
+        stream cannot continue from it exactly (another world size or worker count, or an older checkpoint): the
+        stream then skips by batch count, and ``log`` says why."""
+        path = os.path.join(folder, f"stream_rank{self.rank}.json")
+        if not same_world or not os.path.isfile(path):
+            return None
+        try:
+            with open(path) as fh:
+                saved = json.load(fh)
+            position = {int(k): int(v) for k, v in saved["position"].items()}
+            saved_workers = int(saved["num_workers"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            raise UserError(f"{path} is unreadable ({err}); resume from another checkpoint") from None
+        if saved_workers != num_workers:
+            log(f"the checkpoint's data stream was read by {saved_workers} loader workers, this run has "
+                f"{num_workers}: the stream goes on by batch count, not exactly as the interrupted run would have")
+            return None
+        return position
 
     @staticmethod
     def read_info(folder: str) -> dict:

@@ -18,8 +18,10 @@ the consumed position, so a run killed and resumed logs the same losses as one t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
@@ -99,8 +101,8 @@ class Trainer:
     """
 
     def __init__(self, cfg: Any):
-        self.cfg = cfg
         self.info = distributed.detect()
+        self.cfg, self.workers_note = cap_workers(cfg, self.info)
         self.device: torch.device | None = None
         self.precision = "fp32"
         self.dtype = torch.float32
@@ -109,17 +111,32 @@ class Trainer:
     # -----------------------------------------------------------------------------------------------------------------
     # Start-up
 
-    def start(self) -> None:
-        """Check the run folder can be written, join the process group, pick the device and precision, open the run
-        log."""
+    def start(self, data: dict[str, str] | None = None, files: dict[str, str] | None = None) -> None:
+        """Check the inputs, check the run folder can be written, join the process group, pick the device and
+        precision, open the run log.
+
+        Every input check comes first, before anything is created and before the process group (where a bad path
+        would be a hung or slow start): ``data`` maps a flag to the shards it names (they exist, hold shards of the
+        run's modality), ``files`` a flag to a file it names (it exists and can be read), and ``--resume`` must name
+        a complete checkpoint. Empty values are not checked (the demo data, no ``--init-from``).
+        """
         from launch.checkpoint import check_writable
 
+        for flag, path in (files or {}).items():
+            if path:
+                check_readable(path, flag)
+        for flag, source in (data or {}).items():
+            if source:
+                check_data(source, self.cfg.modality, flag)
+        self.checkpoints().find(self.cfg.resume)  # a --resume folder that is no checkpoint: one line, nothing made
         check_writable(self.cfg.output_dir)  # before the process group: a bad path is one line, not a hung rank
         self.device = distributed.init(self.info)
         self.precision = resolve_precision(self.cfg.precision, self.device)
         self.dtype = DTYPES[self.precision]
         self.log = RunLogger(self.cfg.output_dir, enabled=self.info.is_main)
         self.log.info(distributed.format_rank_map(distributed.rank_map(self.info, self.device), self.info.launcher))
+        if self.workers_note:
+            self.log.info(self.workers_note)
 
     def seed(self) -> None:
         """Identical initial weights on every rank; numpy's global state differs per rank."""
@@ -131,6 +148,9 @@ class Trainer:
         from data.demo import demo_shards, ensure_demo
 
         if self.info.is_main:
+            if not demo_ready(DEMO_DIR):
+                self.log.info(f"no --data: making the demo data in {os.path.abspath(DEMO_DIR)} (once; a minute or "
+                              "two on a laptop; TIMEMAE_DEMO_DIR puts it elsewhere)")
             ensure_demo(DEMO_DIR, reuse_any=True)
         distributed.barrier()
         return demo_shards(ensure_demo(DEMO_DIR, reuse_any=True), split, self.cfg.modality)  # only reads the stamp
@@ -142,7 +162,7 @@ class Trainer:
         cfg = self.cfg
         dataset = ShardDataset(source, spec, mode="resampled", shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
                                rank=self.info.rank, world_size=self.info.world_size, output="uint8", **options)
-        check_modality(dataset, cfg.modality, "--data")
+        check_modality(dataset.shards, cfg.modality, "--data")
         return dataset
 
     # -----------------------------------------------------------------------------------------------------------------
@@ -210,18 +230,21 @@ class Trainer:
         engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_cfg)
         make_loads_safe(engine)
         state = LoopState()
+        position = None
         if resume_dir:
             client = ckpt.resume_state(engine, resume_dir, same_world)
             state.step, state.micro_batches = int(client["step"]), int(client["micro_batches"])
             state.last_good_checkpoint = resume_dir
             log.info(f"resumed at step {state.step} from {resume_dir}{stage.load_client_state(client)}")
             log.drop_after(state.step)
+            position = ckpt.stream_position(resume_dir, num_workers=cfg.num_workers, same_world=same_world,
+                                            log=log.info)
         from data.stream import make_loader
 
-        dataset.resume_from(state.micro_batches, cfg.batch_size, cfg.num_workers)
+        dataset.resume_from(state.micro_batches, cfg.batch_size, position)
         loader = make_loader(dataset, cfg.batch_size, cfg.num_workers)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            batches = iter(loader)  # the loader's base seed must not move the training RNG (drop path): exact resume
+            batches = dataset.tracked(iter(loader))  # the loader's base seed must not move the training RNG
 
         def save() -> None:
             client = {"timemae": {"step": state.step, "micro_batches": state.micro_batches,
@@ -229,19 +252,25 @@ class Trainer:
                                   **stage.client_state()}}
             folder = ckpt.save(engine, state.step, client, {"config": config_lib.to_dict(cfg),
                                                             "world_size": info.world_size,
-                                                            "zero_stage": cfg.zero_stage, "precision": self.precision})
+                                                            "zero_stage": cfg.zero_stage, "precision": self.precision},
+                               stream={"num_workers": loader.num_workers, "position": dataset.position()})
             state.last_good_checkpoint = folder
             log.info(f"checkpoint {folder}{stage.after_checkpoint(self, engine)}")
 
         from launch.preemption import StopRequest, requeue
 
-        stop = StopRequest()
+        stop = StopRequest(announce=info.is_main)
+        log.open_progress(d.total_steps, state.step)
+        first_step = state.step + 1  # logged as soon as it is done: the user sees the run is training
         window_t, window_clips = time.perf_counter(), 0
         try:
             while state.step < d.total_steps:
+                step_t = time.perf_counter()
                 out = self.train_step(engine, batches, stage, d, state)
                 window_clips += d.global_batch
-                if state.step % cfg.log_every == 0 or state.step == d.total_steps:
+                log.advance(state.step, out["loss"], d.global_batch / (time.perf_counter() - step_t))
+                stopping = state.step < d.total_steps and stop.should_stop(device)  # the stopped step is logged too
+                if state.step % cfg.log_every == 0 or state.step in (first_step, d.total_steps) or stopping:
                     now = time.perf_counter()
                     out["clips_per_s"] = window_clips / (now - window_t)
                     out["step_time_s"] = (now - window_t) / max(1, window_clips // d.global_batch)
@@ -256,12 +285,14 @@ class Trainer:
                 saved = state.step % cfg.save_every == 0 or state.step == d.total_steps
                 if saved:
                     save()
-                if state.step < d.total_steps and stop.should_stop(device):
+                if stopping:
                     log.info(f"received {stop.name}: checkpointing at step {state.step}")
                     if not saved:
                         save()
-                    if info.is_main:
+                    if info.is_main and stop.received != signal.SIGINT:  # Ctrl-C: the user stopped it, no requeue
                         log.info(requeue())
+                    log.info(f"stopped at step {state.step}: the same command continues from "
+                             f"{state.last_good_checkpoint} (--resume auto)")
                     return 0
         except (NonFiniteLoss, CheckpointWriteError) as err:
             log.info(f"stopping: {err}")
@@ -354,7 +385,7 @@ def check_resume_config(saved: dict | None, cfg: Any, folder: str) -> None:
                         "--resume none")
 
 
-def check_modality(dataset, modality: str, flag: str, *, records: int = 16, shards: int = 4) -> None:
+def check_modality(paths: list[str], modality: str, flag: str, *, records: int = 16, shards: int = 4) -> None:
     """The first readable records (up to ``records`` of the first ``shards`` shards) must hold ``modality`` videos.
 
     Unreadable shards and records with no valid JSON are passed over here, as the stream skips and counts them:
@@ -369,7 +400,7 @@ def check_modality(dataset, modality: str, flag: str, *, records: int = 16, shar
     from data.stream import iter_tar
 
     found: Counter[str] = Counter()
-    for path in dataset.shards[:shards]:
+    for path in paths[:shards]:
         try:
             for sample in iter_tar(path):
                 try:
@@ -382,7 +413,7 @@ def check_modality(dataset, modality: str, flag: str, *, records: int = 16, shar
             continue  # the stream skips and counts it
         if sum(found.values()) >= records:
             break
-    where = f"{dataset.shards[0]}{', ...' if len(dataset.shards) > 1 else ''}"
+    where = f"{paths[0]}{', ...' if len(paths) > 1 else ''}"
     if not found:
         raise UserError(f"the {flag} shards ({where}) hold no readable record in their first {shards} shards; "
                         "rewrite them with `timemae shards`")
@@ -391,6 +422,60 @@ def check_modality(dataset, modality: str, flag: str, *, records: int = 16, shar
         top = max(other, key=found.get)
         raise UserError(f"--modality {modality} but the {flag} shards hold {top} videos ({where}); "
                         f"use --modality {top} or other {flag}")
+
+
+def check_data(source: str, modality: str, flag: str) -> None:
+    """``source`` (a shard folder, tar or pattern) exists, holds shards, and they hold ``modality`` videos.
+
+    Raises:
+        UserError: one line naming the path or the modality found.
+    """
+    from data.stream import resolve_shards
+
+    check_modality(resolve_shards(source)[0], modality, flag)
+
+
+def check_readable(path: str, flag: str) -> None:
+    """``path`` is a file this process can read.
+
+    Raises:
+        UserError: one line naming the flag, the path and the reason.
+    """
+    if not os.path.isfile(path):
+        raise UserError(f"{flag} {path} does not exist or is not a file; give the path of a weights file")
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as err:
+        raise UserError(f"{flag} {path} cannot be read ({err.strerror or type(err).__name__}); check its "
+                        "permissions") from None
+
+
+def cap_workers(cfg: Any, info: distributed.DistInfo) -> tuple[Any, str]:
+    """``cfg`` with ``num_workers`` at most the cores this rank has, less one for the rank itself (at least 1); and
+    the log line saying so ("" when the flag's value stands).
+
+    More loader workers than cores only makes them take turns (and on a laptop, with the default 8, the first step
+    waits for all of them to start). The cores per rank are `distributed.cores_per_rank`.
+    """
+    cores, ranks = distributed.cores_per_rank(info)
+    cap = max(1, cores - 1)
+    if cfg.num_workers <= cap:
+        return cfg, ""
+    note = (f"--num-workers {cfg.num_workers} capped at {cap}: {cores} CPU cores for this rank "
+            f"({ranks} rank{'s' if ranks > 1 else ''} on this node share its cores), one left for the training process")
+    return dataclasses.replace(cfg, num_workers=cap), note
+
+
+def demo_ready(folder: str) -> bool:
+    """Whether ``folder`` holds a complete demo dataset (its stamp says so), i.e. `ensure_demo` will not generate."""
+    from data.demo import STAMP
+
+    try:
+        with open(os.path.join(folder, STAMP)) as fh:
+            return bool(json.load(fh).get("complete"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
@@ -408,10 +493,14 @@ def grad_norm(module: torch.nn.Module) -> float:
 
 
 def entry(main, prog: str) -> None:
-    """A training script's ``__main__``: `UserError` -> one line and exit 2; a finished run exits without teardown."""
+    """A training script's ``__main__``: `UserError` -> one line and exit 2; Ctrl-C before training started (the
+    trainer catches it from then on) -> one line and exit 130; a finished run exits without teardown."""
     try:
         code = main()
     except UserError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted before training started; nothing to save", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
     distributed.exit_now(code)

@@ -212,8 +212,8 @@ def _run_until_checkpoint_then_kill(args: list[str], run: Path, step: int, env: 
 def test_sigkill_and_resume_reproduce_the_uninterrupted_run(demo_dir, tmp_path):
     # Drop path (torch's global RNG), mixup and CutMix (per-position seeds) and evaluation between steps: all of it
     # must come out the same after a restart.
-    common = ["finetune/run.py", *TINY, "--num-workers", "1", "--max-steps", "6", "--save-every", "3",
-              "--eval-every", "3", "--mixup", "0.8", "--cutmix", "1.0", "--drop-path", "0.2"]
+    common = ["finetune/run.py", *TINY, "--num-workers", "2", "--max-steps", "6", "--save-every", "3",
+              "--eval-every", "3", "--mixup", "0.8", "--cutmix", "1.0", "--drop-path", "0.2", "--accum-steps", "3"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TIMEMAE_DEMO_DIR": str(demo_dir)}
     straight = tmp_path / "straight"
     check_ok(run_script([*common, "--output-dir", str(straight)], demo=demo_dir))

@@ -149,7 +149,7 @@ def test_two_ranks_fine_tune_resnet18_with_each_module_and_resume_bitwise(demo_d
     SIGKILL after its step-2 checkpoint and resumed logs bitwise the same losses as the uninterrupted one."""
     port = str(29400 + (os.getpid() + hash(temporal)) % 500)
     common = ["finetune/run.py", *R18, "--temporal", temporal, "--zero-stage", "2", "--max-steps", "4",
-              "--save-every", "2", "--eval-every", "4", "--dropout", "0.5"]
+              "--save-every", "2", "--eval-every", "4", "--dropout", "0.5", "--num-workers", "2", "--accum-steps", "3"]
     launcher = [*DEEPSPEED, port]
     straight = tmp_path / "straight"
     out = run_script([*common, "--output-dir", str(straight)], demo=demo_dir, launcher=launcher)

@@ -73,7 +73,8 @@ def _run_until_checkpoint_then_kill(args: list[str], run: Path, step: int) -> No
 
 
 def test_sigkill_and_resume_reproduce_the_uninterrupted_losses(demo_dir, tmp_path):
-    common = ["pretrain/run.py", *TINY, "--num-workers", "1", "--max-steps", "6", "--save-every", "3",
+    # Two loader workers and 3 batches before the kill: the resumed loader starts at the other worker.
+    common = ["pretrain/run.py", *TINY, "--num-workers", "2", "--max-steps", "6", "--save-every", "3",
               "--recon-every", "0"]
     env = {"TIMEMAE_DEMO_DIR": str(demo_dir)}
     straight = tmp_path / "straight"

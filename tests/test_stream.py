@@ -230,3 +230,69 @@ def test_decode_clips_equals_get_batch_and_make_frames(intra_sample, spec, monke
             assert all(torch.equal(f, e) for f, e in zip(floats, normalised, strict=True))
     assert calls == (["pyav-intra"] * len(calls) if direct else []) and (len(calls) > 0) == direct
     assert direct == (spec.rotation == 0 and spec.crop not in ("rrc", "three"))
+
+
+def _take(ds, batches, num_workers, batch_size=2):
+    loader = make_loader(ds, batch_size=batch_size, num_workers=num_workers, prefetch_factor=2)
+    return list(itertools.islice(ds.tracked(iter(loader)), batches))
+
+
+@pytest.mark.parametrize("num_workers, samples_per_decode", [(2, 1), (3, 2)])
+def test_a_resumed_stream_continues_the_interrupted_one_exactly(shard_dir, num_workers, samples_per_decode):
+    """Batch j of a loader comes from worker j % workers and a new loader starts at worker 0: after 5 consumed
+    batches (not a multiple of the workers) the resumed stream must still be the uninterrupted one, clip for clip."""
+    opts = dict(mode="resampled", seed=3, shuffle_buffer=4, samples_per_decode=samples_per_decode, output="uint8")
+    straight_ds = ShardDataset(shard_dir, TRAIN, **opts)
+    straight = _take(straight_ds, 9, num_workers)
+    first = ShardDataset(shard_dir, TRAIN, **opts)
+    _take(first, 5, num_workers)
+    position = json.loads(json.dumps(first.position()))  # as a checkpoint stores it
+    for saved in (position, None):  # with the saved position, and by batch count (no sample failed here)
+        resumed = ShardDataset(shard_dir, TRAIN, **opts)
+        resumed.resume_from(5, 2, saved)
+        again = _take(resumed, 4, num_workers)
+        assert [b["meta"]["key"] for b in again] == [b["meta"]["key"] for b in straight[5:]]
+        assert all(torch.equal(a["clip"], b["clip"]) for a, b in zip(again, straight[5:], strict=True))
+
+
+def test_resuming_late_reads_no_skipped_sample(shard_dir):
+    """Resuming after 40 batches (10 passes over the data) reads the bytes of the samples it decodes, nothing else."""
+    ds = ShardDataset(shard_dir, TRAIN, mode="resampled", seed=1, shuffle_buffer=4, output="uint8")
+    straight = _take(ds, 41, 0)
+    assert ds.records_read() == 82
+    resumed = ShardDataset(shard_dir, TRAIN, mode="resampled", seed=1, shuffle_buffer=4, output="uint8")
+    assert ds.position() == {0: 82}
+    resumed.resume_from(40, 2, {0: 80})
+    batch = _take(resumed, 1, 0)[0]
+    assert resumed.records_read() == 2  # the two clips of the new batch
+    assert batch["meta"]["key"] == straight[40]["meta"]["key"] and torch.equal(batch["clip"], straight[40]["clip"])
+
+
+def test_the_saved_position_stays_exact_when_a_sample_failed(tmp_path):
+    """A sample that failed to decode is consumed without yielding a clip: counting batches would then be off by
+    one; the saved position is not."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    records = [Record(write_index_video(raw / f"v{i}.mp4", 16 + i), i % 3) for i in range(6)]
+    out = tmp_path / "shards"
+    write_shards(records, out, shard_samples=3, progress=False)
+    for shard in sorted(out.glob("*.tar")):
+        scanned, err = stream.scan_tar(str(shard))
+        assert err is None and len(scanned) == 3
+        ext, offset, size = next(m for m in scanned[1].members if m[0] == "mp4")
+        data = bytearray(shard.read_bytes())
+        data[offset : offset + size] = b"\0" * size  # the video bytes of each shard's second sample become garbage
+        shard.write_bytes(bytes(data))
+    opts = dict(mode="resampled", seed=0, shuffle_buffer=0, output="uint8")
+    straight_ds = ShardDataset(out, TRAIN, **opts)
+    straight = _take(straight_ds, 8, 0)
+    first = ShardDataset(out, TRAIN, **opts)
+    _take(first, 4, 0)
+    assert first.stats()["skipped_samples"] >= 1  # in the part a resumed stream skips
+    resumed = ShardDataset(out, TRAIN, **opts)
+    resumed.resume_from(4, 2, first.position())
+    again = _take(resumed, 4, 0)
+    assert [b["meta"]["key"] for b in again] == [b["meta"]["key"] for b in straight[4:]]
+    by_count = ShardDataset(out, TRAIN, **opts)
+    by_count.resume_from(4, 2, None)
+    assert [b["meta"]["key"] for b in _take(by_count, 4, 0)] != [b["meta"]["key"] for b in straight[4:]]
