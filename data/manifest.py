@@ -23,7 +23,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from data.errors import UserError
 
@@ -46,6 +46,8 @@ class Record:
         episode: repetition id, -1 when unknown.
         split: "train" / "test" / "val" / "" (free text).
         modality: "rgb" or "depth".
+        line: the manifest line the record was read from (error messages name it); 0 when it was not read from a
+            file. Not written by `write_manifest`, and not part of equality.
     """
 
     path: str
@@ -56,6 +58,7 @@ class Record:
     episode: int = -1
     split: str = ""
     modality: str = "rgb"
+    line: int = field(default=0, compare=False)
 
 
 def _parse_int(text: str) -> int | None:
@@ -171,6 +174,7 @@ def read_manifest(path: str | os.PathLike) -> list[Record]:
                 class_name=class_name,
                 split=row.get("split", "").lower(),
                 modality=modality,
+                line=line,
                 **ints,
             )
         )

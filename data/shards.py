@@ -29,28 +29,38 @@ GOP 1, 119 / 94 / 59 / 37 ms at GOP 2 / 4 / 8 / 16 (decord, which seeks to the k
 and decodes the frames between); from a 1280x720 source 12.0 ms vs 38.6 ms at GOP 16. The price is size: 2.3 kB per
 170x128 frame, 1.9x GOP 16.
 
-Every input is checked before it is written (exists, non-empty, decodes, has >= 1 frame); bad ones go to
-``quarantine.csv`` with the reason and never into a shard.
+Every input is checked before it is written (exists, non-empty, every frame decodes, has >= 1 frame); bad ones go to
+``quarantine.csv`` with the reason and never into a shard. `check_records` (``timemae check``) runs exactly this
+preparation, encoding included, and only drops the bytes, so it flags what ``timemae shards`` would quarantine.
+
+Before any of that, an input whose content contradicts its modality is refused for the whole run (`ModalityMismatch`,
+a `UserError`): read with the wrong modality it would decode without an error into a wrong sample (see
+`modality_mismatch` for the rule). Writing stops at the first failed write into the output folder (a full disk):
+the shard being written is removed, complete ones stay, and `ShardWriteError` says so.
 
 The output is deterministic: samples go in manifest order whatever the number of workers, keys come from the manifest
 position and file name, tar members have fixed mtime/owner/mode, and no timestamps are written, so the same input
 gives byte-identical shards.
 
-Public API: `check_records`, `write_shards`, `parse_shard_size`, `parse_short_side`, `auto_short_side`, `sample_key`,
-`encode_h264`, `write_quarantine`, and the ``check`` / ``shards`` commands (`CLI`).
+Public API: `check_records`, `write_shards`, `modality_mismatch`, `ModalityMismatch`, `ShardWriteError`,
+`parse_shard_size`, `parse_short_side`, `auto_short_side`, `sample_key`, `encode_h264`, `write_quarantine`, and the
+``check`` / ``shards`` commands (`CLI`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
+import errno
 import io
 import json
 import math
 import multiprocessing
 import os
 import re
+import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
@@ -60,6 +70,7 @@ import av
 import numpy as np
 import webdataset as wds
 from av.video.reformatter import VideoReformatter
+from PIL import Image
 from tqdm import tqdm
 
 from data import decode
@@ -116,17 +127,25 @@ def _check_exists(path: str) -> str | None:
 
 
 def _video_info(video: decode.Video) -> dict[str, Any]:
-    """Frame count, fps and size of an opened video, after decoding its first and last frame."""
+    """Frame count, fps and size of an opened video, after decoding every frame (ENCODE_CHUNK at a time).
+
+    Every frame, not a sample of them: a frame that fails anywhere (a damaged image in a frame folder, a broken
+    packet decord gives up on) must make the input bad here rather than fail a training clip later.
+    """
     if video.num_frames < 1:
         raise DecodeError("no frame decodes")
-    frames = video.get_batch([0, video.num_frames - 1])
+    height, width = video.height, video.width
+    for chunk in _chunks(video):
+        height, width = chunk.shape[1:3]
     n = int(video.num_frames)  # lowered by get_batch when the stream ends before the container says
+    if n < 1:
+        raise DecodeError("no frame decodes")
     fps = float(video.fps) if video.fps and math.isfinite(video.fps) and video.fps > 0 else 0.0
-    return {"num_frames": n, "fps": fps, "height": int(frames.shape[1]), "width": int(frames.shape[2])}
+    return {"num_frames": n, "fps": fps, "height": int(height), "width": int(width)}
 
 
 def _load(record: Record) -> tuple[bytes | None, dict[str, Any]]:
-    """Check one input and decode its first and last frame; raises DecodeError with the reason.
+    """Check one input and decode all its frames; raises DecodeError with the reason.
 
     Returns:
         (the file's bytes for a video file, else None; {"num_frames", "fps", "height", "width"}).
@@ -288,59 +307,210 @@ def _guarded(fn: Callable[[], Any], timeout_s: float, what: str) -> tuple[Any, s
         return None, f"{type(err).__name__}: {err}"
 
 
-def _check_task(task: tuple[Record, float]) -> tuple[dict | None, str | None]:
-    record, timeout_s = task
-    return _guarded(lambda: _load(record)[1], timeout_s, record.path)
-
-
 def _prepare_task(task: tuple[Record, _Options]) -> tuple[tuple | None, str | None]:
     record, opts = task
     return _guarded(lambda: _prepare(record, opts), opts.timeout_s, record.path)
 
 
-def _run_tasks(fn: Callable, tasks: Sequence, workers: int, progress: bool, desc: str) -> Iterator:
-    """Results of ``fn`` over ``tasks`` in task order, from a process pool when ``workers > 1``."""
+def _mismatch_task(task: tuple[Record, float]) -> tuple[str, str] | None:
+    record, timeout_s = task
+    # An input that cannot be read has no say here; the full check quarantines it with the reason.
+    return _guarded(lambda: modality_mismatch(record), timeout_s, record.path)[0]
+
+
+@contextlib.contextmanager
+def _pool(workers: int) -> Iterator[Any]:
+    """A process pool for `_run_tasks` when ``workers > 1`` (one for all passes of a run), else None."""
+    if workers <= 1:
+        yield None
+        return
+    # spawn: decoders hold threads and library state that a fork would copy mid-flight.
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=decode.worker_init, initargs=(0,)) as pool:
+        yield pool
+
+
+def _run_tasks(fn: Callable, tasks: Sequence, pool: Any, progress: bool, desc: str) -> Iterator:
+    """Results of ``fn`` over ``tasks`` in task order, from ``pool`` (see `_pool`) unless it is None."""
     bar = tqdm(total=len(tasks), desc=desc, unit="video", file=sys.stderr, disable=not progress, dynamic_ncols=True)
     try:
-        if workers <= 1:
-            for task in tasks:
-                yield fn(task)
-                bar.update()
-            return
-        # spawn: decoders hold threads and library state that a fork would copy mid-flight.
-        with multiprocessing.get_context("spawn").Pool(workers, initializer=decode.worker_init, initargs=(0,)) as pool:
-            for result in pool.imap(fn, tasks, chunksize=1):  # imap keeps task order: output independent of workers
-                yield result
-                bar.update()
+        # imap keeps task order: the output does not depend on the number of workers.
+        for result in map(fn, tasks) if pool is None else pool.imap(fn, tasks, chunksize=1):
+            yield result
+            bar.update()
     finally:
         bar.close()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Modality: what an input's content says it is
+#
+# A row read with the wrong modality decodes without any error into a wrong sample: 16-bit depth PNGs read as RGB
+# saturate to near white, a colour video read as depth becomes gray "depth". The rule refuses only what the content
+# settles; anything else keeps the modality it was given:
+# - marked rgb, but depth: an MSRAction3D .bin; frame images with one channel of more than 8 bits (PIL modes I;16*,
+#   I, F: depth PNGs); a video whose pixel format is one channel of more than 8 bits (gray16le, gray12le, ...).
+#   8-bit gray frames or video marked rgb pass (grayscale footage is RGB data).
+# - marked depth, but colour: 8-bit frames or video in which at least COLOUR_SHARE of the pixels of the first, middle
+#   and last frame have channels COLOUR_SPREAD or more levels apart. Depth stored as gray video or as R = G = B images
+#   passes: gray through H.264 4:2:0 decodes with every channel equal (the demo's depth videos: no pixel apart),
+#   where colour video has most of its pixels far apart (the demo's RGB videos: 84-99 % at >= 32 levels).
+COLOUR_SPREAD = 32  # levels between the largest and the smallest channel of one pixel
+COLOUR_SHARE = 0.01  # share of the sampled pixels at least COLOUR_SPREAD apart that makes an input colour
+_DEEP_IMAGE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_GRAY_IMAGE_MODES = ("1", "L", "LA", "La", *_DEEP_IMAGE_MODES)
+
+
+def _image_mode(folder: str) -> str:
+    """PIL mode of the first frame of a frame folder (its frames share one format)."""
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(decode.IMAGE_SUFFIXES))
+    with Image.open(os.path.join(folder, names[0])) as img:
+        return img.mode
+
+
+def _video_format(path: str) -> av.VideoFormat | None:
+    """Pixel format of the first video stream of a file (read from the header, nothing decoded)."""
+    with av.open(path) as container:
+        return container.streams.video[0].codec_context.format if container.streams.video else None
+
+
+def _single_channel(fmt: av.VideoFormat | None) -> bool:
+    return fmt is not None and fmt.name.startswith(("gray", "ya"))  # luma only (ya: with alpha)
+
+
+def _colour_share(path: str) -> float:
+    """Share of the pixels of the first, middle and last frame whose channels are COLOUR_SPREAD or more apart."""
+    with decode.open_video(path, modality="rgb") as video:
+        n = video.num_frames
+        frames = video.get_batch(sorted({0, n // 2, n - 1})).astype(np.int16)
+    return float(((frames.max(axis=-1) - frames.min(axis=-1)) >= COLOUR_SPREAD).mean())
+
+
+def modality_mismatch(record: Record) -> tuple[str, str] | None:
+    """What an input is, when its content contradicts ``record.modality`` (the rule is in the comment above).
+
+    Reads the file header or the first image for inputs marked rgb, and decodes three frames of those marked depth.
+
+    Returns:
+        (what the input is, in words; the modality that reads it), or None where the content agrees with the modality
+        or does not settle it. A missing or empty input gives None (the full check quarantines it).
+
+    Raises:
+        Whatever decoding raises for an input that cannot be read.
+    """
+    path = record.path
+    if _check_exists(path):
+        return None
+    kind = _input_kind(path)
+    if record.modality == "rgb":
+        if kind == "bin":
+            return "an MSRAction3D depth .bin", "depth"
+        if kind == "frames":
+            mode = _image_mode(path)
+            if mode in _DEEP_IMAGE_MODES:
+                bits = 16 if mode.startswith("I;16") else 32
+                return f"a folder of single-channel {bits}-bit images (PIL mode {mode}), i.e. depth", "depth"
+            return None
+        fmt = _video_format(path)
+        bits = max((c.bits for c in fmt.components), default=0) if fmt is not None else 0
+        if _single_channel(fmt) and bits > 8:
+            return f"a single-channel {bits}-bit video ({fmt.name}), i.e. depth", "depth"
+        return None
+    if kind == "bin":
+        return None
+    if kind == "frames" and _image_mode(path) in _GRAY_IMAGE_MODES:
+        return None
+    if kind == "video" and _single_channel(_video_format(path)):
+        return None
+    share = _colour_share(path)
+    if share < COLOUR_SHARE:
+        return None
+    what = "a folder of colour images" if kind == "frames" else "a colour video"
+    return f"{what} ({share:.0%} of its pixels have channels {COLOUR_SPREAD}+ levels apart)", "rgb"
+
+
+class ModalityMismatch(UserError):
+    """Inputs whose content contradicts their modality (`modality_mismatch`); the message names the first one.
+
+    Attributes:
+        index: position of the first such input in the records.
+        record: that input.
+        what: what it is, in words.
+        needed: the modality its content needs.
+        count: how many inputs mismatch in all.
+    """
+
+    def __init__(self, index: int, record: Record, what: str, needed: str, count: int) -> None:
+        self.index, self.record, self.what, self.needed, self.count = index, record, what, needed, count
+        super().__init__(self.message())
+
+    def message(self, where: str | None = None, fix: str | None = None) -> str:
+        """One line: ``where`` names the input (default "input INDEX"), ``fix`` says what to change."""
+        where = where or f"input {self.index}"
+        fix = fix or f"give it modality {self.needed}"
+        more = f" (and {self.count - 1} more input{'s' if self.count > 2 else ''} like it)" if self.count > 1 else ""
+        return f"{where}: {self.record.path} is {self.what}, but its modality is {self.record.modality}{more}; {fix}"
+
+
+def _refuse_mismatches(records: Sequence[Record], pool: Any, timeout_s: float, progress: bool) -> None:
+    """Raises ModalityMismatch, naming the first input whose content contradicts its modality."""
+    results = _run_tasks(_mismatch_task, [(r, timeout_s) for r in records], pool, progress, "modality")
+    found = [(i, r, got) for i, (r, got) in enumerate(zip(records, results, strict=True)) if got is not None]
+    if found:
+        index, record, (what, needed) = found[0]
+        raise ModalityMismatch(index, record, what, needed, len(found))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # Public API
 
 
+def _options(short_side: int | None, gop: int | None, timeout_s: float) -> _Options:
+    if short_side is not None and short_side < 2:
+        raise UserError(f"--short-side {short_side} is < 2; use e.g. 128 (N = 2 at 224) or leave it out")
+    if gop is not None and gop < 1:
+        raise UserError(f"--gop {gop} is < 1; use a keyframe interval such as 16")
+    return _Options(short_side=short_side, gop=gop, timeout_s=timeout_s)
+
+
 def check_records(
-    records: Sequence[Record], *, workers: int = 1, timeout_s: float = DEFAULT_TIMEOUT_S, progress: bool = False
+    records: Sequence[Record],
+    *,
+    short_side: int | None = None,
+    gop: int | None = None,
+    workers: int = 1,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    progress: bool = False,
 ) -> tuple[list[Record], list[tuple[Record, str]]]:
-    """Check that every input exists, is non-empty, decodes and has at least one frame.
+    """Check every input exactly as `write_shards` with the same arguments would, without writing anything.
+
+    Each input goes through the same preparation (every frame decoded, encoded when ``short_side`` / ``gop`` or the
+    input kind asks for it, the encoded bytes decoded again); the bad ones are those `write_shards` quarantines.
 
     Args:
         records: manifest records (paths already resolved).
+        short_side: as in `write_shards`.
+        gop: as in `write_shards`.
         workers: processes decoding in parallel.
         timeout_s: per-input limit; a slower input counts as bad.
         progress: show a progress bar on stderr.
 
     Returns:
         (good records, [(bad record, reason)]), both in input order.
+
+    Raises:
+        ModalityMismatch: an input's content contradicts its modality (`modality_mismatch`).
+        UserError: bad arguments.
     """
+    opts = _options(short_side, gop, timeout_s)
     good, bad = [], []
-    tasks = [(r, timeout_s) for r in records]
-    for record, (_, reason) in zip(records, _run_tasks(_check_task, tasks, workers, progress, "check"), strict=True):
-        if reason is None:
-            good.append(record)
-        else:
-            bad.append((record, reason))
+    tasks = [(r, opts) for r in records]
+    with _pool(workers) as pool:
+        _refuse_mismatches(records, pool, timeout_s, progress)
+        for record, (_, reason) in zip(records, _run_tasks(_prepare_task, tasks, pool, progress, "check"), strict=True):
+            if reason is None:
+                good.append(record)
+            else:
+                bad.append((record, reason))
     return good, bad
 
 
@@ -374,31 +544,60 @@ def _tar_size(sizes: Sequence[int]) -> int:
     return sum(512 + 512 * math.ceil(s / 512) for s in sizes)
 
 
+class ShardWriteError(RuntimeError):
+    """A write into the output folder failed midway (a full disk, an I/O error); the message says what was kept."""
+
+
+def _write_failed(err: OSError, path: str, out_dir: str, complete: Sequence[str]) -> ShardWriteError:
+    """The one-line error for a failed write of ``path``; ``complete`` are the shards written before it (kept)."""
+    reason = err.strerror or str(err) or type(err).__name__
+    if err.errno == errno.ENOSPC:
+        reason = f"no space left on the device ({reason})"
+    try:
+        free = f"{shutil.disk_usage(out_dir).free / 2**20:.0f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    return ShardWriteError(
+        f"could not write {path}: {reason}; {free}. {len(complete)} complete shard{'' if len(complete) == 1 else 's'} "
+        f"stay in {out_dir} (no index.json, no incomplete file); free some space and run again with --overwrite"
+    )
+
+
 class _ShardSink:
-    """Writes samples into numbered tars, starting a new one at the sample or size limit."""
+    """Writes samples into numbered tars, starting a new one at the sample or size limit.
+
+    A tar is written as ``NAME.tmp`` and renamed when complete. A write that fails raises ShardWriteError; `abort`
+    then removes the incomplete tar, so an error leaves only complete shards behind.
+    """
 
     def __init__(self, out_dir: str, prefix: str, max_samples: int | None, max_bytes: float | None):
         self.out_dir, self.prefix = out_dir, prefix
         self.max_samples, self.max_bytes = max_samples, max_bytes
         self.names: list[str] = []
         self.counts: list[int] = []
+        self.complete: list[str] = []
+        self._file: io.BufferedWriter | None = None
         self._writer: wds.TarWriter | None = None
         self._bytes = 0
 
+    def _tmp(self) -> str:
+        return os.path.join(self.out_dir, self.names[-1] + ".tmp")
+
+    def _failed(self, err: OSError) -> ShardWriteError:
+        return _write_failed(err, self._tmp(), self.out_dir, self.complete)
+
     def _open(self) -> None:
         self.close()
-        name = f"{self.prefix}-{len(self.names):06d}.tar"
-        self._writer = wds.TarWriter(
-            os.path.join(self.out_dir, name + ".tmp"),
-            encoder=False,
-            mtime=TAR_MTIME,
-            user=TAR_USER,
-            group=TAR_USER,
-            mode=0o444,
-        )
-        self.names.append(name)
+        self.names.append(f"{self.prefix}-{len(self.names):06d}.tar")
         self.counts.append(0)
         self._bytes = 0
+        try:
+            self._file = open(self._tmp(), "wb")  # noqa: SIM115 -- closed by close() / abort()
+        except OSError as err:
+            raise self._failed(err) from None
+        self._writer = wds.TarWriter(
+            self._file, encoder=False, mtime=TAR_MTIME, user=TAR_USER, group=TAR_USER, mode=0o444
+        )
 
     def write(self, key: str, ext: str, data: bytes, meta_json: bytes) -> None:
         size = _tar_size([len(data), len(meta_json)])
@@ -407,36 +606,90 @@ class _ShardSink:
             full = full or self._bytes + size > self.max_bytes
         if full:
             self._open()
-        self._writer.write({"__key__": key, ext: data, "json": meta_json})
+        try:
+            self._writer.write({"__key__": key, ext: data, "json": meta_json})
+        except OSError as err:
+            raise self._failed(err) from None
         self.counts[-1] += 1
         self._bytes += size
 
     def close(self) -> None:
-        if self._writer is not None:
+        """Finish the tar being written and give it its name."""
+        if self._writer is None:
+            return
+        try:
             self._writer.close()
-            path = os.path.join(self.out_dir, self.names[-1])
-            os.replace(path + ".tmp", path)  # a tar only appears under its name once it is complete
-            self._writer = None
+            self._file.close()
+            os.replace(self._tmp(), os.path.join(self.out_dir, self.names[-1]))  # only a complete tar gets its name
+        except OSError as err:
+            raise self._failed(err) from None
+        self._writer = self._file = None
+        self.complete.append(self.names[-1])
+
+    def abort(self) -> None:
+        """Remove the tar being written, if any; complete ones stay."""
+        if self._file is None:
+            return
+        for step in (self._file.close, lambda: os.remove(self._tmp())):
+            with contextlib.suppress(OSError):
+                step()
+        self._writer = self._file = None
 
 
-def _prepare_out_dir(out_dir: str, prefix: str, overwrite: bool) -> None:
+def _write_text(path: str, text: str) -> None:
+    """Write a whole file under a temporary name and rename it, so a failed write leaves no part of it behind."""
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "w", newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _prepare_out_dir(out_dir: str, prefix: str, overwrite: bool) -> list[str]:
+    """Create ``out_dir`` and prove a file can be written in it (a probe, removed again).
+
+    Returns:
+        The files of an earlier run (shards, index, manifest, quarantine) that ``overwrite`` allows to replace.
+
+    Raises:
+        UserError: one line naming the folder, the reason (a file in the way, read-only, ...) and the fix; or the
+            folder holds shards and ``overwrite`` is False.
+    """
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise UserError(f"--out {out_dir} is a file; give a folder for the shards")
-    os.makedirs(out_dir, exist_ok=True)
-    old = sorted(n for n in os.listdir(out_dir) if n.startswith(prefix + "-") and n.endswith((".tar", ".tar.tmp")))
+    probe = os.path.join(out_dir, f".write-probe-{os.getpid()}")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        try:
+            with open(probe, "w") as f:
+                f.write("ok\n")
+        finally:
+            with contextlib.suppress(OSError):
+                os.remove(probe)
+        names = os.listdir(out_dir)
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise UserError(
+            f"--out {out_dir} cannot be written ({reason}: {err.filename or out_dir}); give a folder you can write to"
+        ) from None
+    old = sorted(n for n in names if n.startswith(prefix + "-") and n.endswith((".tar", ".tar.tmp")))
     if old and not overwrite:
         raise UserError(f"--out {out_dir} already holds shards ({old[0]}, ...); pass --overwrite or use another folder")
-    for name in old + [n for n in ("index.json", "manifest.csv", "quarantine.csv") if n in os.listdir(out_dir)]:
-        os.remove(os.path.join(out_dir, name))
+    return old + [n for n in ("index.json", "manifest.csv", "quarantine.csv") if n in names]
 
 
 def write_quarantine(bad: Sequence[tuple[Record, str]], path: str) -> None:
     """CSV with header path,label,modality,reason (written even when empty, so "no file" never means "no problem")."""
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(QUARANTINE_FIELDS)
-        for record, reason in bad:
-            w.writerow([record.path, record.label, record.modality, " ".join(reason.split())])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(QUARANTINE_FIELDS)
+    for record, reason in bad:
+        w.writerow([record.path, record.label, record.modality, " ".join(reason.split())])
+    _write_text(path, buf.getvalue())
 
 
 def write_shards(
@@ -456,7 +709,8 @@ def write_shards(
     """Check every input and write the good ones into tar shards, in record order.
 
     Writes ``out_dir/{prefix}-000000.tar`` ..., ``quarantine.csv`` (bad inputs with the reason), ``manifest.csv``
-    (the records that went in, in shard order) and ``index.json``.
+    (the records that went in, in shard order) and ``index.json``. Nothing is written or removed before the output
+    folder has proved writable and every input's modality agrees with its content.
 
     Args:
         records: manifest records (paths already resolved).
@@ -478,44 +732,53 @@ def write_shards(
         "classes": [name per label], "num_classes", "short_side", "gop", "format"}.
 
     Raises:
-        UserError: bad arguments or output folder.
+        ModalityMismatch: an input's content contradicts its modality (`modality_mismatch`); nothing is written.
+        UserError: bad arguments, an output folder that cannot be written, or no input could be read.
+        ShardWriteError: a write into ``out_dir`` failed midway (a full disk); complete shards are kept, the
+            incomplete one is removed.
     """
     if shard_samples is not None and shard_samples < 1:
         raise UserError(f"shard size {shard_samples} samples is < 1; give at least 1 sample per shard")
     if shard_mb is not None and shard_mb <= 0:
         raise UserError(f"shard size {shard_mb} MB is not positive; give e.g. 200MB")
-    if short_side is not None and short_side < 2:
-        raise UserError(f"--short-side {short_side} is < 2; use e.g. 128 (N = 2 at 224) or leave it out")
-    if gop is not None and gop < 1:
-        raise UserError(f"--gop {gop} is < 1; use a keyframe interval such as 16")
+    opts = _options(short_side, gop, timeout_s)
     if shard_samples is None and shard_mb is None:
         shard_samples = DEFAULT_SHARD_SAMPLES
     out_dir = os.fspath(out_dir)
-    _prepare_out_dir(out_dir, prefix, overwrite)
+    old = _prepare_out_dir(out_dir, prefix, overwrite)
 
-    opts = _Options(short_side=short_side, gop=gop, timeout_s=timeout_s)
     sink = _ShardSink(out_dir, prefix, shard_samples, None if shard_mb is None else shard_mb * 1e6)
     good: list[Record] = []
     bad: list[tuple[Record, str]] = []
     tasks = [(r, opts) for r in records]
-    try:
-        results = _run_tasks(_prepare_task, tasks, workers, progress, "shards")
-        for index, (record, (result, reason)) in enumerate(zip(records, results, strict=True)):
-            if reason is not None:
-                bad.append((record, reason))
-                continue
-            ext, data, meta = result
-            key = sample_key(index, record.path)
-            meta_json = json.dumps({"key": key, **meta}, sort_keys=True, separators=(",", ":")).encode()
-            sink.write(key, ext, data, meta_json)
-            good.append(record)
-    finally:
-        sink.close()
+    with _pool(workers) as pool:
+        _refuse_mismatches(records, pool, timeout_s, progress)
+        for name in old:
+            os.remove(os.path.join(out_dir, name))
+        try:
+            results = _run_tasks(_prepare_task, tasks, pool, progress, "shards")
+            for index, (record, (result, reason)) in enumerate(zip(records, results, strict=True)):
+                if reason is not None:
+                    bad.append((record, reason))
+                    continue
+                ext, data, meta = result
+                key = sample_key(index, record.path)
+                meta_json = json.dumps({"key": key, **meta}, sort_keys=True, separators=(",", ":")).encode()
+                sink.write(key, ext, data, meta_json)
+                good.append(record)
+            sink.close()
+        except BaseException:  # a failed write, an interrupt: no incomplete tar stays behind
+            sink.abort()
+            raise
 
-    write_quarantine(bad, os.path.join(out_dir, "quarantine.csv"))
+    quarantine = os.path.join(out_dir, "quarantine.csv")
+    try:
+        write_quarantine(bad, quarantine)
+    except OSError as err:
+        raise _write_failed(err, quarantine, out_dir, sink.complete) from None
     if not good:
         raise UserError(
-            f"none of the {len(records)} inputs could be read (reasons in {os.path.join(out_dir, 'quarantine.csv')}); "
+            f"none of the {len(records)} inputs could be read (reasons in {quarantine}); "
             "fix the paths or run `timemae check` on the manifest"
         )
     write_manifest(good, os.path.join(out_dir, "manifest.csv"))
@@ -531,9 +794,11 @@ def write_shards(
         "short_side": short_side,
         "gop": (gop or DEFAULT_GOP) if short_side is not None or gop is not None else None,
     }
-    with open(os.path.join(out_dir, "index.json"), "w") as f:
-        json.dump(index, f, indent=1, sort_keys=True)
-        f.write("\n")
+    index_path = os.path.join(out_dir, "index.json")
+    try:
+        _write_text(index_path, json.dumps(index, indent=1, sort_keys=True) + "\n")
+    except OSError as err:
+        raise _write_failed(err, index_path, out_dir, sink.complete) from None
     return index
 
 
@@ -570,19 +835,12 @@ def _records_from_args(args: argparse.Namespace) -> list[Record]:
     return presets.build_manifest(args.preset, args.root, split=args.split, **kw)
 
 
-def _check_add_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_source_arguments(parser)
-
-
-def _check_run(args: argparse.Namespace) -> int:
-    records = _records_from_args(args)
-    if args.workers < 1:
-        raise UserError(f"--workers {args.workers} is < 1; use 1 or more")
-    good, bad = check_records(records, workers=args.workers, timeout_s=args.timeout, progress=True)
-    print(f"good: {len(good)}  bad: {len(bad)}")
-    for record, reason in bad:
-        print(f"{record.path}: {reason}")
-    return 0
+def _mismatch_error(err: ModalityMismatch, args: argparse.Namespace) -> UserError:
+    """The mismatch named where the user can fix it: the manifest line, or the preset's --modality."""
+    if err.record.line:  # read from a manifest file: --manifest, or --preset generic --root FILE
+        where = f"manifest {args.manifest or args.root} line {err.record.line}"
+        return UserError(err.message(where, f"set its modality column to {err.needed}"))
+    return UserError(err.message(f"--preset {args.preset}", f"pass --modality {err.needed}"))
 
 
 def auto_short_side(grid_n: int, input_size: int = 224) -> int:
@@ -614,12 +872,8 @@ def parse_short_side(text: str, grid_n: int = 2, input_size: int = 224) -> int |
     return int(value)
 
 
-def _shards_add_arguments(parser: argparse.ArgumentParser) -> None:
-    _add_source_arguments(parser)
-    parser.add_argument("--out", required=True, help="output folder for the shards, index.json, manifest/quarantine")
-    parser.add_argument(
-        "--shard-size", default=str(DEFAULT_SHARD_SAMPLES), help="samples per shard (500) or bytes per shard (200MB)"
-    )
+def _add_storage_arguments(parser: argparse.ArgumentParser) -> None:
+    """How inputs are stored; `timemae check` takes them too, so that it checks what `timemae shards` would write."""
     parser.add_argument(
         "--short-side",
         default="auto",
@@ -634,8 +888,54 @@ def _shards_add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"keyframe interval of encoded videos (default {DEFAULT_GOP}: every frame a keyframe, fastest to sample)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _check_add_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_source_arguments(parser)
+    _add_storage_arguments(parser)
+    parser.add_argument(
+        "--allow-bad", action="store_true", help="only report bad inputs: exit 0 even when some are bad (default 1)"
+    )
+
+
+def _check_run(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise UserError(f"--workers {args.workers} is < 1; use 1 or more")
+    short_side = parse_short_side(args.short_side, args.grid_n, args.input_size)
+    records = _records_from_args(args)
+    try:
+        good, bad = check_records(
+            records,
+            short_side=short_side,
+            gop=args.gop,
+            workers=args.workers,
+            timeout_s=args.timeout,
+            progress=not args.no_progress,
+        )
+    except ModalityMismatch as err:
+        raise _mismatch_error(err, args) from None
+    print(f"good: {len(good)}  bad: {len(bad)}")
+    for record, reason in bad:
+        print(f"{record.path}: {reason}")
+    if bad and not args.allow_bad:
+        print(
+            f"timemae check: {len(bad)} of {len(records)} inputs are bad (listed above; `timemae shards` quarantines "
+            "them); fix or remove them, or pass --allow-bad to only report",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _shards_add_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_source_arguments(parser)
+    parser.add_argument("--out", required=True, help="output folder for the shards, index.json, manifest/quarantine")
+    parser.add_argument(
+        "--shard-size", default=str(DEFAULT_SHARD_SAMPLES), help="samples per shard (500) or bytes per shard (200MB)"
+    )
+    _add_storage_arguments(parser)
+    parser.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
 
 
 def _shards_run(args: argparse.Namespace) -> int:
@@ -644,18 +944,24 @@ def _shards_run(args: argparse.Namespace) -> int:
         raise UserError(f"--workers {args.workers} is < 1; use 1 or more")
     short_side = parse_short_side(args.short_side, args.grid_n, args.input_size)
     records = _records_from_args(args)
-    index = write_shards(
-        records,
-        args.out,
-        shard_samples=shard_samples,
-        shard_mb=shard_mb,
-        short_side=short_side,
-        gop=args.gop,
-        workers=args.workers,
-        progress=not args.no_progress,
-        timeout_s=args.timeout,
-        overwrite=args.overwrite,
-    )
+    try:
+        index = write_shards(
+            records,
+            args.out,
+            shard_samples=shard_samples,
+            shard_mb=shard_mb,
+            short_side=short_side,
+            gop=args.gop,
+            workers=args.workers,
+            progress=not args.no_progress,
+            timeout_s=args.timeout,
+            overwrite=args.overwrite,
+        )
+    except ModalityMismatch as err:
+        raise _mismatch_error(err, args) from None
+    except ShardWriteError as err:  # not the user's input: exit 1, but one line all the same
+        print(f"timemae shards: error: {err}", file=sys.stderr)
+        return 1
     print(f"wrote {index['num_samples']} samples in {len(index['shards'])} shards to {args.out}")
     print(f"quarantined {index['num_quarantined']} inputs (see {os.path.join(args.out, 'quarantine.csv')})")
     return 0

@@ -56,6 +56,13 @@ def test_optional_columns_any_order_and_case(tmp_path):
     assert (rec.label, rec.split, rec.subject, rec.view, rec.episode, rec.modality, rec.class_name) == (
         3, "train", 2, -1, 5, "depth", "kick",
     )  # fmt: skip
+    assert rec.line == 3  # the file's own line number (comment lines count), named by error messages
+
+
+def test_records_carry_their_line_outside_equality(tmp_path):
+    recs = read_manifest(_write(tmp_path, "path,label\n\n# note\na.mp4,0\nb.mp4,1\n"))
+    assert [r.line for r in recs] == [4, 5]
+    assert recs[0] == Record(recs[0].path, 0) and Record(recs[0].path, 0).line == 0
 
 
 def test_class_name_labels_map_sorted_names(tmp_path):

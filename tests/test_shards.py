@@ -269,9 +269,11 @@ def test_check_records(inputs):
 
 def test_commands(inputs, tmp_path, capsys):
     manifest = os.path.join(os.path.dirname(inputs[0].path), "m.csv")
-    assert cli.main(["check", "--manifest", manifest]) == 0  # bad inputs are reported, not an error
-    out = capsys.readouterr().out
-    assert "good: 5  bad: 2" in out and "corrupt.mp4" in out
+    assert cli.main(["check", "--manifest", manifest, "--no-progress"]) == 1  # bad inputs fail the check
+    res = capsys.readouterr()
+    assert "good: 5  bad: 2" in res.out and "corrupt.mp4" in res.out and "--allow-bad" in res.err
+    assert cli.main(["check", "--manifest", manifest, "--no-progress", "--allow-bad"]) == 0  # only report them
+    assert "good: 5  bad: 2" in capsys.readouterr().out
     assert cli.main(["shards", "--manifest", manifest, "--out", str(tmp_path / "s"), "--shard-size", "3"]) == 0
     assert "quarantined 2" in capsys.readouterr().out
     index = _index(tmp_path / "s")
