@@ -705,8 +705,9 @@ def write_shards(
     progress: bool = True,
     timeout_s: float = DEFAULT_TIMEOUT_S,
     overwrite: bool = False,
+    order_seed: int | None = None,
 ) -> dict:
-    """Check every input and write the good ones into tar shards, in record order.
+    """Check every input and write the good ones into tar shards, in record order or a seeded shuffled order.
 
     Writes ``out_dir/{prefix}-000000.tar`` ..., ``quarantine.csv`` (bad inputs with the reason), ``manifest.csv``
     (the records that went in, in shard order) and ``index.json``. Nothing is written or removed before the output
@@ -726,6 +727,9 @@ def write_shards(
         progress: show a tqdm bar on stderr.
         timeout_s: per-input limit for checking + encoding; slower inputs are quarantined.
         overwrite: replace shards an earlier run left in ``out_dir``.
+        order_seed: None writes the records in their order; a seed writes them in the permutation
+            ``numpy.random.default_rng(order_seed).permutation(len(records))`` (the same for the same records and
+            seed), so that a manifest sorted by path (grouped by class) does not give shards of one class.
 
     Returns:
         The index.json content: {"num_samples", "num_quarantined", "shards": [file names], "shard_samples": [counts],
@@ -747,6 +751,8 @@ def write_shards(
     out_dir = os.fspath(out_dir)
     old = _prepare_out_dir(out_dir, prefix, overwrite)
 
+    if order_seed is not None:
+        records = [records[i] for i in np.random.default_rng(order_seed).permutation(len(records))]
     sink = _ShardSink(out_dir, prefix, shard_samples, None if shard_mb is None else shard_mb * 1e6)
     good: list[Record] = []
     bad: list[tuple[Record, str]] = []
@@ -793,6 +799,7 @@ def write_shards(
         "num_classes": len(classes),
         "short_side": short_side,
         "gop": (gop or DEFAULT_GOP) if short_side is not None or gop is not None else None,
+        "order": "manifest" if order_seed is None else f"shuffled, seed {order_seed}",
     }
     index_path = os.path.join(out_dir, "index.json")
     try:
@@ -936,6 +943,14 @@ def _shards_add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     _add_storage_arguments(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
+    parser.add_argument(
+        "--order",
+        default="shuffled",
+        choices=("shuffled", "manifest"),
+        help="sample order in the shards: shuffled (a seeded permutation, default: no shard holds one class) or the "
+        "manifest's order",
+    )
+    parser.add_argument("--order-seed", type=int, default=0, help="seed of the shuffled order (default 0)")
 
 
 def _shards_run(args: argparse.Namespace) -> int:
@@ -956,6 +971,7 @@ def _shards_run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             timeout_s=args.timeout,
             overwrite=args.overwrite,
+            order_seed=args.order_seed if args.order == "shuffled" else None,
         )
     except ModalityMismatch as err:
         raise _mismatch_error(err, args) from None

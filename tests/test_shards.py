@@ -302,3 +302,31 @@ def test_commands(inputs, tmp_path, capsys):
         [sys.executable, "-m", "launch.cli", "check", "--manifest", missing], capture_output=True, text=True, cwd=ROOT
     )
     assert res.returncode == 2 and "does not exist" in res.stderr
+
+
+def test_timemae_shards_writes_a_seeded_shuffled_order_by_default(tmp_path, capsys):
+    """A manifest sorted by class gives shards that mix classes; the same seed gives the same shards, byte for
+    byte; --order manifest keeps the manifest's order."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    records = [Record(write_index_video(raw / f"c{c}_{i}.mp4", 6), c) for c in range(3) for i in range(4)]
+    write_manifest(records, raw / "m.csv")
+    args = ["shards", "--manifest", str(raw / "m.csv"), "--shard-size", "4", "--short-side", "keep", "--no-progress"]
+
+    def labels(out) -> list[list[int]]:
+        index = _index(out)
+        return [[json.loads(s["json"])["label"] for s in iter_tar(str(out / n))] for n in index["shards"]]
+
+    for name in ("a", "b"):
+        assert cli.main([*args, "--out", str(tmp_path / name)]) == 0
+    assert cli.main([*args, "--out", str(tmp_path / "m"), "--order", "manifest"]) == 0
+    assert cli.main([*args, "--out", str(tmp_path / "s1"), "--order-seed", "1"]) == 0
+    capsys.readouterr()
+    assert labels(tmp_path / "m") == [[0] * 4, [1] * 4, [2] * 4]
+    shuffled = labels(tmp_path / "a")
+    assert sorted(sum(shuffled, [])) == [0] * 4 + [1] * 4 + [2] * 4
+    assert all(len(set(shard)) > 1 for shard in shuffled)  # no shard of one class
+    assert _index(tmp_path / "a")["order"] == "shuffled, seed 0" and _index(tmp_path / "m")["order"] == "manifest"
+    for n in _index(tmp_path / "a")["shards"]:
+        assert (tmp_path / "a" / n).read_bytes() == (tmp_path / "b" / n).read_bytes()
+    assert labels(tmp_path / "s1") != shuffled
