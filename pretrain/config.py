@@ -38,7 +38,11 @@ class PretrainConfig(RunFields, OptimFields, ClipFields, ModelFields):  # fields
     # run (RunFields)
     output_dir: str = field("runs/pretrain", "run folder: config, logs, checkpoints, encoder export")
     save_every: int = field(1000, "checkpoint (and encoder export) every this many steps; also at the end")
-    recon_every: int = field(500, "reconstructions of a fixed clip to tensorboard every this many steps (0 = off)")
+    recon_every: int = field(500, "reconstructions of a fixed clip (tensorboard and <output-dir>/reconstructions) "
+                                  "every this many steps (0 = off)")
+    recon_view: str = field("honest", "reconstructions with the norm-pix loss: honest (each hidden patch's mean/std "
+                                      "from visible neighbours) or oracle (from the hidden patch itself, as the "
+                                      "official visualisation)", choices=("honest", "oracle"))
     seed: int = field(0, "seed of weights, masks, sampling and augmentation")
 
 

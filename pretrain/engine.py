@@ -89,7 +89,7 @@ class PretrainStage(StageHooks):
 
     def log_reconstruction(self, trainer, engine, step: int) -> None:
         """Reconstruct a fixed clip with a fixed mask; every rank runs it (ZeRO-3 gathers the weights)."""
-        from pretrain.visualize import reconstruction_image
+        from pretrain.visualize import reconstruction_panel
 
         if self.fixed is None:
             mask, _ = make_masks(self.cfg, 1, self.d.token_grid, self.cfg.seed)
@@ -101,8 +101,12 @@ class PretrainStage(StageHooks):
         with torch.no_grad():
             pred = module(x.to(trainer.dtype), mask)
         module.train(was_training)
-        image = reconstruction_image(module, x, mask, pred, normalize_target=self.cfg.norm_pix_loss)
-        trainer.log.log_images("reconstruction/original_masked_reconstructed", image[None], step)
+        panel = reconstruction_panel(module, x, mask, pred, normalize_target=self.cfg.norm_pix_loss,
+                                     view=self.cfg.recon_view)
+        view = self.cfg.recon_view if self.cfg.norm_pix_loss else "pixels"
+        trainer.log.log_images(f"reconstruction/{view}", panel.image[None], step)
+        if trainer.info.is_main:
+            save_png(panel.image, os.path.join(self.cfg.output_dir, "reconstructions", f"step_{step:08d}_{view}.png"))
 
 
 def fixed_clip(dataset, device: torch.device) -> torch.Tensor:
@@ -112,3 +116,13 @@ def fixed_clip(dataset, device: torch.device) -> torch.Tensor:
     probe = ShardDataset(dataset.shards[:1], dataclasses.replace(dataset.spec, train=False, crop="center"),
                          mode="exact", shuffle_buffer=0, rank=0, world_size=1)
     return next(iter(probe))["clip"][None].to(device)
+
+
+def save_png(image, path: str) -> None:
+    """Write an (H, W, 3) uint8 image as PNG atomically (a reader never sees half a file)."""
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp"
+    Image.fromarray(image).save(tmp, format="PNG")
+    os.replace(tmp, path)

@@ -57,8 +57,11 @@ def test_single_process_run_folder(demo_dir, tmp_path):
         assert tag in tags["scalars"], tag
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
     assert events.Scalars("train/loss")[-1].value == pytest.approx(log[4]["loss"], rel=1e-6)
-    image = events.Images("reconstruction/original_masked_reconstructed")[0]
-    assert (image.width, image.height) == (4 * 32, 3 * 32)  # 4 frames; original / masked / reconstruction rows
+    image = events.Images("reconstruction/honest")[0]
+    # 4 frames after a label column; original / masked / target / prediction / reconstruction rows
+    assert (image.width, image.height) == (150 + 4 * 32, 5 * 32)
+    assert sorted(p.name for p in (run / "reconstructions").iterdir()) == [
+        "step_00000001_honest.png", "step_00000002_honest.png", "step_00000004_honest.png"]
 
     from models import build_classifier
     from models.videomae_weights import init_classifier_from
