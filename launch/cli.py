@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("data.shards", "check every video of a manifest; bad ones are listed with the reason"),
     "shards": ("data.shards", "write webdataset shards from a manifest or a dataset preset"),
     "preview": ("data.preview", "write the TIME clip of one video as PNG frames and a contact sheet"),
+    "reconstruct": ("pretrain.reconstruct", "reconstructions of one video by a pretrained model, per grid N and mask "
+                                            "ratio (PNG panels, errors.csv)"),
     "bench-loader": ("data.bench", "benchmark clip loading (clips/s per core, decode vs. the rest)"),
     "bench-step": ("pretrain.bench_step", "benchmark a pretraining step (SDPA vs. explicit attention, checkpointing)"),
     "flops": ("launch.bench_models", "GFLOPs and parameters per view of the classifiers, next to the papers' figures"),

@@ -26,6 +26,7 @@ from models.videomae import patchify_target
 VIEWS = ("honest", "oracle")
 LABEL_WIDTH = 150  # pixels of the row-label column
 Z_RANGE = 3.0  # norm-pix values in [-Z_RANGE, Z_RANGE] are drawn from black to white
+ERROR_WHITE = 2.0  # per-patch error drawn white (predicting zeros under norm-pix costs about 1)
 
 
 @dataclasses.dataclass
@@ -81,7 +82,7 @@ def neighbour_stats(mu: torch.Tensor, sigma: torch.Tensor, visible: torch.Tensor
 
 def reconstruction_panel(model, x: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, *,
                          normalize_target: bool = True, view: str = "honest", max_columns: int = 8,
-                         labels: bool = True) -> Panel:
+                         labels: bool = True, error_row: bool = False) -> Panel:
     """The reconstruction figure of one clip.
 
     Args:
@@ -93,6 +94,8 @@ def reconstruction_panel(model, x: torch.Tensor, mask: torch.Tensor, pred: torch
         view: "honest" or "oracle" (see the module docstring); only matters with ``normalize_target``.
         max_columns: frames shown (evenly spaced).
         labels: draw the row names in a column on the left.
+        error_row: add a row with each hidden patch's mean squared error in the target space, from black (0) through
+            red and yellow to white (`ERROR_WHITE` and above); visible patches dark blue.
 
     Rows: original; masked input (hidden patches grey); then with norm-pix the target and the prediction of the
     hidden patches in norm-pix space (visible ones grey); then the reconstruction in pixels (visible patches as
@@ -115,7 +118,7 @@ def reconstruction_panel(model, x: torch.Tensor, mask: torch.Tensor, pred: torch
         mu = patches.mean(dim=1)  # (L, 3)
         sigma = patches.var(dim=1, unbiased=True).sqrt()
         target = (patches[m] - mu[m][:, None]) / (sigma[m][:, None] + 1e-6)
-        error = float(((guess - target) ** 2).mean())
+        per_patch = ((guess - target) ** 2).mean(dim=(1, 2))
         rows += [_z_row(grey, m, target), _z_row(grey, m, guess)]
         names += ["target (norm-pix)", "prediction (norm-pix)"]
         if view == "oracle":
@@ -130,10 +133,17 @@ def reconstruction_panel(model, x: torch.Tensor, mask: torch.Tensor, pred: torch
             names.append("recon: visible mean/std")
         filled[m] = (guess * (sigma_h[:, None] + 1e-6) + mu_h[:, None]).clamp(0, 1)
     else:
-        error = float(((guess - patches[m]) ** 2).mean())
+        per_patch = ((guess - patches[m]) ** 2).mean(dim=(1, 2))
         filled[m] = guess.clamp(0, 1)
         names.append("reconstruction")
     rows.append(filled)
+    if error_row:
+        v = (per_patch / ERROR_WHITE).clamp(0, 1)[:, None]
+        heat = torch.tensor([0.15, 0.15, 0.35], device=patches.device).expand_as(patches).clone()
+        heat[m] = torch.cat([(3 * v).clamp(0, 1), (3 * v - 1).clamp(0, 1), (3 * v - 2).clamp(0, 1)], dim=1)[:, None]
+        rows.append(heat)
+        names.append(f"error: 0 black, {ERROR_WHITE:g} white")
+    error = float(per_patch.mean())
 
     def video(p: torch.Tensor) -> torch.Tensor:  # (L, P, 3) -> (T, H, W, 3)
         return rearrange(p, "(t h w) (p0 p1 p2) c -> (t p0) (h p1) (w p2) c", t=t, h=h, w=w, p0=ts, p1=ps, p2=ps)

@@ -63,6 +63,13 @@ def test_single_process_run_folder(demo_dir, tmp_path):
     assert sorted(p.name for p in (run / "reconstructions").iterdir()) == [
         "step_00000001_honest.png", "step_00000002_honest.png", "step_00000004_honest.png"]
 
+    # `timemae reconstruct` reads the run folder (its newest checkpoint and config)
+    from launch import cli
+
+    video = str(next((demo_dir / "videos" / "rgb" / "val").glob("*.mp4")))
+    assert cli.main(["reconstruct", "--checkpoint", str(run), "--video", video, "--out", str(tmp_path / "rec")]) == 0
+    assert (tmp_path / "rec" / "recon_n2_mask0.75.png").is_file() and (tmp_path / "rec" / "errors.csv").is_file()
+
     from models import build_classifier
     from models.videomae_weights import init_classifier_from
 
