@@ -11,8 +11,9 @@ from collections.abc import Callable, Iterator
 
 from data.clip import ClipSpec
 from data.errors import UserError
-from data.stream import ShardDataset, iter_tar, make_loader
+from data.stream import ShardDataset, iter_tar, make_loader, resolve_shards
 from finetune.config import FinetuneConfig
+from finetune.holdout import Holdout, carve
 from launch.fields import validate_common
 from launch.trainer import Trainer, check_modality
 from models import build_classifier
@@ -48,6 +49,12 @@ def validate(cfg: FinetuneConfig, family: str) -> None:
         raise UserError("--label-smoothing must be in [0, 1), --mixup and --cutmix >= 0, --mixup-switch-prob in [0, 1]")
     if not 0 < cfg.layer_decay <= 1:
         raise UserError(f"--layer-decay {cfg.layer_decay} is outside (0, 1]; use e.g. 0.75 (1 = no decay)")
+    if not 0 < cfg.val_fraction < 1:
+        raise UserError(f"--val-fraction {cfg.val_fraction} is outside (0, 1); use e.g. 0.1 (a tenth of each class's "
+                        "training videos)")
+    if cfg.select_on == "val" and cfg.eval_only:
+        raise UserError("--select-on val chooses among the evaluations of a training run; --eval-only evaluates the "
+                        "weights it is given (drop --select-on val)")
     if cfg.init_from and not os.path.isfile(cfg.init_from):
         raise UserError(f"--init-from {cfg.init_from} does not exist; give an encoder.pth, a best.pth or an official "
                         "VideoMAE checkpoint")
@@ -96,9 +103,44 @@ def resolve_num_classes(cfg: FinetuneConfig, sources: list[tuple[str, ShardDatas
     return cfg.num_classes or top
 
 
-def val_loaders(val: str, spec: ClipSpec, cfg: FinetuneConfig, trainer: Trainer
-                ) -> tuple[Callable[[], Iterator], ShardDataset]:
-    """A factory of the evaluation loaders (one per temporal clip, built when iterated) and the first clip's dataset.
+def hold_out(cfg: FinetuneConfig, train: str) -> Holdout | None:
+    """``--select-on val``: the val split held out of the training shards (`finetune.holdout`); else None.
+
+    Raises:
+        UserError: the split holds out no video (no class has two training videos).
+    """
+    if cfg.select_on != "val":
+        return None
+    split = carve(resolve_shards(train)[0], cfg.val_fraction, cfg.seed)
+    if split.num_val == 0:
+        raise UserError(f"--select-on val: --val-fraction {cfg.val_fraction} holds out no video of {train} (a class "
+                        "needs at least 2 training videos); use --select-on last")
+    return split
+
+
+def class_names(sources: list[str]) -> dict[int, str]:
+    """label -> class name from the shard folders' ``index.json`` (``classes``), where they give one."""
+    names: dict[int, str] = {}
+    for source in sources:
+        index = os.path.join(source, "index.json")
+        if not os.path.isfile(index):
+            continue
+        try:
+            with open(index) as fh:
+                classes = json.load(fh).get("classes")
+        except (OSError, ValueError, AttributeError):
+            continue  # names are a nicety: the labels stand in for them
+        if isinstance(classes, list):
+            for label, name in enumerate(classes):
+                if isinstance(name, str) and name:
+                    names.setdefault(label, name)
+    return names
+
+
+def val_loaders(val: str, spec: ClipSpec, cfg: FinetuneConfig, trainer: Trainer,
+                keep: Callable[[str, int], bool] | None = None) -> tuple[Callable[[], Iterator], ShardDataset]:
+    """A factory of the evaluation loaders (one per temporal clip, built when iterated) and the first clip's dataset;
+    ``keep`` filters the samples (the held-out val split of the training shards).
 
     Raises:
         UserError: fewer val shards than ranks (exact mode gives every rank whole shards).
@@ -107,7 +149,8 @@ def val_loaders(val: str, spec: ClipSpec, cfg: FinetuneConfig, trainer: Trainer
     spec = dataclasses.replace(spec, train=False, crop="three" if cfg.test_crops == 3 else "center", flip=False,
                                rand_augment="", erase_prob=0.0)
     sets = [ShardDataset(val, dataclasses.replace(spec, view=(k, cfg.test_clips)), mode="exact", shuffle_buffer=0,
-                         rank=info.rank, world_size=info.world_size, output="uint8") for k in range(cfg.test_clips)]
+                         rank=info.rank, world_size=info.world_size, output="uint8", keep=keep)
+            for k in range(cfg.test_clips)]
     workers = min(cfg.num_workers, len(sets[0].shards) // info.world_size)
     sets[0].check_workers(workers)
     check_modality(sets[0], cfg.modality, "--val-data")
@@ -174,6 +217,11 @@ def describe(cfg: FinetuneConfig, d) -> str:
             f"({d.steps_per_epoch}/epoch, warm-up {d.warmup_steps}); {d.num_classes} classes; eval every "
             f"{d.eval_every} steps on {d.num_val_samples} videos x {d.num_views} views; precision {d.precision}; "
             f"ZeRO-{cfg.zero_stage}")
+    if cfg.select_on == "val":
+        text += (f"\nbest.pth: best top-1 on the val split held out of the training shards ({d.num_holdout} videos, "
+                 f"--val-fraction {cfg.val_fraction:g}, not trained on); the --val-data evaluations are logged as test")
+    else:
+        text += "\nbest.pth: the final weights (--select-on last); the --val-data evaluations are logged as test"
     if d.recipe:
         text += f"\nrecipe {d.family}: " + ", ".join(f"{k}={v!r}" for k, v in d.recipe.items())
     return text

@@ -60,6 +60,11 @@ class FinetuneConfig(RunFields, OptimFields, ClipFields, ModelFields):  # fields
     test_clips: int = field(1, "temporal clips per validation video (softmax averaged over all views)")
     test_crops: int = field(1, "spatial crops per clip: 1 (centre) or 3 (along the long side)")
     eval_only: bool = field(False, "evaluate --init-from (or the resumed checkpoint) once and exit")
+    select_on: str = field("last", "which weights best.pth and metrics.json report: last (the final ones, as the "
+                                   "papers report) or val (best top-1 on a split held out of the training shards, "
+                                   "--val-fraction); --val-data never chooses", choices=("last", "val"))
+    val_fraction: float = field(0.1, "--select-on val: share of each class's training videos held out (by video, "
+                                     "seeded by --seed)")
     # optimisation (OptimFields)
     batch_size: int = field(8, "clips per GPU (per rank) per micro-step; also the evaluation batch")
     optimizer: str | None = field(None, "adamw or sgd" + RECIPE, choices=("adamw", "sgd"))
@@ -108,15 +113,19 @@ class Derived:
     schedule: str = "cosine"
     lr_milestones: tuple[int, ...] = ()
     recipe: dict = dataclasses.field(default_factory=dict)
+    num_holdout: int = 0  # training videos held out as the val split (--select-on val), not trained on
 
 
 def derive(cfg: FinetuneConfig, *, world_size: int, num_samples: int, num_val_samples: int, num_classes: int,
-           precision: str, token_grid: tuple[int, int, int] | None, family: str, recipe: dict) -> Derived:
-    """``cfg`` is the effective config (`finetune.recipes.resolve`); ``recipe`` the values the recipe filled in."""
+           precision: str, token_grid: tuple[int, int, int] | None, family: str, recipe: dict,
+           num_holdout: int = 0) -> Derived:
+    """``cfg`` is the effective config (`finetune.recipes.resolve`); ``recipe`` the values the recipe filled in;
+    ``num_samples`` the training videos (without the ``num_holdout`` held out)."""
     common = schedule_values(cfg, world_size=world_size, num_samples=num_samples)
     return Derived(
         **common,
         num_val_samples=num_val_samples,
+        num_holdout=num_holdout,
         num_classes=num_classes,
         eval_every=cfg.eval_every if cfg.eval_every > 0 else common["steps_per_epoch"],
         num_views=cfg.test_clips * cfg.test_crops,

@@ -7,10 +7,13 @@ position, so a resumed run mixes the same.
 Evaluation reads every validation video once per temporal clip (``exact`` shard mode: each video on exactly one
 rank), sums the softmax over the video's views (clips x crops), gathers the per-video sums from every rank and
 merges them by video key, so every video is counted exactly once however the shards fall on ranks and workers.
+Each evaluation writes its reports (`finetune.report`); ``best.pth`` is chosen as ``--select-on`` says, never on
+the test partition (`FinetuneStage`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -22,12 +25,14 @@ import torch
 import torch.nn.functional as F
 
 from data.clip import as_model_input
+from finetune import report
 from finetune.config import Derived, FinetuneConfig
 from launch import config as config_lib
 from launch.loop import adamw, sgd
 from launch.trainer import DTYPES, StageHooks
 
-__all__ = ["FinetuneStage", "evaluate", "layer_decay_groups", "make_optimizer", "mix_batch", "soft_cross_entropy"]
+__all__ = ["EvalSet", "FinetuneStage", "evaluate", "evaluate_videos", "layer_decay_groups", "make_optimizer",
+           "mix_batch", "soft_cross_entropy"]
 
 
 def layer_decay_groups(model: torch.nn.Module, weight_decay: float, layer_decay: float) -> list[dict]:
@@ -124,13 +129,37 @@ def model_input(clips: torch.Tensor, device: torch.device, dtype: torch.dtype = 
     return as_model_input(clips.to(device, non_blocking=True), dtype=dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    """One evaluation stream of the run.
+
+    ``split`` is ``test`` (``--val-data``: never used to choose weights, its curves are for reading) or ``val`` (the
+    split held out of the training shards, `finetune.holdout`, which picks ``best.pth`` under ``--select-on val``).
+    ``loaders`` builds one loader per temporal clip (`finetune.build.val_loaders`); ``num_videos`` is how many
+    videos it holds; ``class_names`` maps labels to the records' names where known.
+    """
+
+    split: str
+    loaders: Callable[[], Iterator]
+    num_videos: int
+    class_names: dict[int, str] = dataclasses.field(default_factory=dict)
+
+
 class FinetuneStage(StageHooks):
     """Fine-tuning's part of the trainer (`launch.trainer.Stage`): mixup / CutMix and the cross-entropy, evaluation
-    after the flagged steps, ``best.pth`` whenever the top-1 improves."""
+    and its reports after the flagged steps, and the choice of ``best.pth``.
 
-    def __init__(self, cfg: FinetuneConfig, d: Derived, loaders: Callable[[], Iterator] | None):
-        self.cfg, self.d, self.loaders = cfg, d, loaders
-        self.best = {"top1": -1.0, "step": 0}
+    ``--select-on last``: ``best.pth`` is the final weights, written after the last evaluation; no evaluation takes
+    part in the choice. ``--select-on val``: ``best.pth`` is rewritten whenever the top-1 on the held-out ``val``
+    split beats the best so far. Either way, the ``test`` split's record at the chosen step is what the run reports
+    (``metrics.json``).
+    """
+
+    def __init__(self, cfg: FinetuneConfig, d: Derived, evals: list[EvalSet]):
+        self.cfg, self.d, self.evals = cfg, d, evals
+        self.criterion = "val" if cfg.select_on == "val" else "test"
+        # the chosen step: its criterion top-1 and every split's summary there (part of every checkpoint)
+        self.best: dict[str, Any] = {"top1": -1.0, "step": 0, "evaluations": {}}
 
     def make_optimizer(self, model: torch.nn.Module, lr: float, device: torch.device):
         return make_optimizer(model, self.cfg, lr, device)
@@ -150,52 +179,133 @@ class FinetuneStage(StageHooks):
         return {"train_top1": sums.get("correct", 0.0) / max(sums.get("seen", 0.0), 1.0)}
 
     def after_step(self, trainer, engine, step: int) -> None:
-        if self.loaders and (step % self.d.eval_every == 0 or step == self.d.total_steps):
-            metrics = run_eval(engine.module, self.loaders, trainer, self.d, step)
-            if metrics["top1"] > self.best["top1"]:
-                self.best.update(top1=metrics["top1"], step=step)
-                save_best(trainer.full_state_dict(engine), self.cfg, metrics, step)
+        final = step == self.d.total_steps
+        if not self.evals or not (step % self.d.eval_every == 0 or final):
+            return
+        results = {e.split: run_eval(engine.module, e, trainer, self.d, step) for e in self.evals}
+        # The same decision on every rank (the metrics come from the gathered results): full_state_dict is collective.
+        if self.criterion == "val":
+            chosen = results["val"]["top1"] > self.best["top1"]
+        else:
+            chosen = final
+        if chosen:
+            self.best = {"top1": results[self.criterion]["top1"], "step": step,
+                         "evaluations": {split: brief(m) for split, m in results.items()}}
+            save_best(trainer.full_state_dict(engine), self.cfg, self.best)
+        if final and trainer.info.is_main:
+            write_final(self.cfg, self.best)
 
     def client_state(self) -> dict:
-        return {"best": dict(self.best)}
+        return {"best": dict(self.best), "selection": selection_flags(self.cfg)}
 
     def load_client_state(self, state: dict) -> str:
+        from data.errors import UserError
+
+        saved = state.get("selection")
+        if saved is not None and saved != selection_flags(self.cfg):
+            raise UserError(f"cannot resume with other model-selection flags ({saved} in the checkpoint, "
+                            f"{selection_flags(self.cfg)} now): they change the training data; resume with the "
+                            "checkpoint's values, or start afresh with another --output-dir")
         self.best.update(state.get("best", {}))
-        return f" (best top-1 so far {self.best['top1']:.4f})"
+        if self.criterion == "val":
+            return f" (best val top-1 so far {self.best['top1']:.4f})"
+        return ""
 
     def summary(self) -> str:
-        return f"; best top-1 {self.best['top1']:.4f} at step {self.best['step']}"
+        if not self.best["evaluations"]:
+            return ""
+        reported = reported_split(self.best)
+        return (f"; reported ({SELECTION[self.cfg.select_on]}): step {self.best['step']}, {reported} top-1 "
+                f"{self.best['evaluations'][reported]['top1']:.4f}")
 
 
-def run_eval(module, loaders, trainer, d: Derived, step: int) -> dict:
-    """Evaluate on every rank (collective), log the record under ``eval/``; the training RNG is left untouched."""
+SELECTION = {"last": "the final weights", "val": "best held-out val top-1"}
+BRIEF = ("top1", "top5", "mean_class_acc", "num_videos", "num_views")
+
+
+def brief(metrics: dict) -> dict:
+    """The numbers of an evaluation that ``best.json`` / ``metrics.json`` carry."""
+    return {k: metrics[k] for k in BRIEF if k in metrics}
+
+
+def selection_flags(cfg: FinetuneConfig) -> dict:
+    """The flags that decide the training data and the choice of weights (fixed over a resume)."""
+    return {"select_on": cfg.select_on, "val_fraction": cfg.val_fraction if cfg.select_on == "val" else None}
+
+
+def reported_split(best: dict) -> str:
+    """``test`` when the run evaluated the test partition, else ``val`` (the selection split itself)."""
+    return "test" if "test" in best["evaluations"] else "val"
+
+
+def report_folder(step: int, split: str) -> str:
+    """Where the report files of one evaluation go, relative to the run folder."""
+    return os.path.join("reports", f"step_{step:08d}", split)
+
+
+def run_eval(module, evalset: EvalSet, trainer, d: Derived, step: int, folder: str | None = None,
+             extra: dict | None = None) -> dict:
+    """Evaluate ``evalset`` on every rank (collective), log its record (``eval`` kind, ``split`` field, tensorboard
+    ``{split}/``) and write its reports (`finetune.report`, ``extra`` added to ``metrics.json``) into ``folder``
+    (default: the run folder's `report_folder`); the training RNG is left untouched."""
     device, log = trainer.device, trainer.log
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        metrics = evaluate(module, loaders(), device=device, dtype=trainer.dtype, num_classes=d.num_classes)
-    metrics["eval_time_s"] = time.perf_counter() - t0
-    log.log_step(step, metrics, console=False, prefix="eval")
-    log.info(f"eval step {step}: top1 {metrics['top1']:.4f}  top5 {metrics['top5']:.4f}  on {metrics['num_videos']} "
-             f"videos x {d.num_views} views ({metrics['eval_time_s']:.1f} s)")
-    if metrics["num_videos"] != d.num_val_samples:
-        log.info(f"warning: {metrics['num_videos']} of {d.num_val_samples} validation videos were evaluated "
+        videos = evaluate_videos(module, evalset.loaders(), device=device, dtype=trainer.dtype,
+                                 num_classes=d.num_classes)
+    metrics = {**report.summarise(videos), "split": evalset.split, "eval_time_s": time.perf_counter() - t0}
+    log.log_step(step, metrics, console=False, prefix=evalset.split)
+    log.info(f"eval step {step}: top1 {metrics['top1']:.4f}  top5 {metrics['top5']:.4f}  mean class "
+             f"{metrics['mean_class_acc']:.4f}  on {metrics['num_videos']} {evalset.split} videos x {d.num_views} "
+             f"views ({metrics['eval_time_s']:.1f} s)")
+    if metrics["num_videos"] != evalset.num_videos:
+        log.info(f"warning: {metrics['num_videos']} of {evalset.num_videos} {evalset.split} videos were evaluated "
                  "(the others failed to decode; see the warnings above)")
+    if trainer.info.is_main:
+        names = report.class_labels(d.num_classes, {**evalset.class_names, **videos.class_names})
+        folder = folder or os.path.join(trainer.cfg.output_dir, report_folder(step, evalset.split))
+        report.write_reports(folder, videos, {"step": step, **metrics, **(extra or {})}, names)
     return metrics
 
 
-def save_best(state: dict | None, cfg: FinetuneConfig, metrics: dict, step: int) -> None:
+def save_best(state: dict | None, cfg: FinetuneConfig, best: dict) -> None:
     """``best.pth`` (the classifier's fp32 state dict, loadable with --init-from) and ``best.json``, atomically;
-    rank 0 only (the others pass ``state=None``)."""
+    rank 0 only (the others pass ``state=None``). ``best``: the chosen step's record (`FinetuneStage.best`)."""
     from launch.checkpoint import atomic_write_text
     from models.checkpoint import atomic_save
 
     if state is None:
         return
-    summary = {"step": step, **{k: metrics[k] for k in ("top1", "top5", "num_videos", "num_views")}}
+    criterion = "val" if cfg.select_on == "val" else "test"
+    summary = {"step": best["step"], "selected_on": cfg.select_on, "split": criterion,
+               **best["evaluations"][criterion]}
     atomic_save({"model": state, "config": config_lib.to_dict(cfg), **summary},
                 os.path.join(cfg.output_dir, "best.pth"))
     atomic_write_text(os.path.join(cfg.output_dir, "best.json"),
-                      json.dumps({**summary, "weights": "best.pth"}, indent=2) + "\n")
+                      json.dumps({**summary, "weights": "best.pth", "evaluations": best["evaluations"]}, indent=2)
+                      + "\n")
+
+
+def write_final(cfg: FinetuneConfig, best: dict) -> None:
+    """The run's result, ``metrics.json``: the reported split's numbers at the chosen step, which weights they are
+    and how they were chosen (rank 0, after the last evaluation)."""
+    from launch.checkpoint import atomic_write_text
+
+    if not best["evaluations"]:
+        return
+    split, step = reported_split(best), best["step"]
+    if cfg.select_on == "val":
+        how = (f"the evaluation with the highest top-1 on the val split held out of the training shards "
+               f"(--select-on val: {cfg.val_fraction:g} of each class's videos, seed {cfg.seed}); the test "
+               "partition took no part in the choice")
+    else:
+        how = "the final weights (--select-on last); no evaluation took part in the choice"
+    out = {"split": split, "step": step, **best["evaluations"][split], "checkpoint": "best.pth",
+           "checkpoint_step": step, "selected_on": cfg.select_on, "selection": how,
+           "reports": report_folder(step, split), "evaluations": best["evaluations"]}
+    if split == "val":
+        out["note"] = "no test data (--val-data): these are the selection split's own numbers, biased upwards"
+    atomic_write_text(os.path.join(cfg.output_dir, "metrics.json"), json.dumps(out, indent=2) + "\n")
 
 
 def _gather(obj: Any) -> list[Any]:
@@ -206,9 +316,9 @@ def _gather(obj: Any) -> list[Any]:
     return [obj]
 
 
-def evaluate(module: torch.nn.Module, loaders: Iterable[Iterable[dict]], *, device: torch.device,
-             dtype: torch.dtype, num_classes: int) -> dict:
-    """Multi-view accuracy over the validation videos of all ranks; collective (every rank calls it).
+def evaluate_videos(module: torch.nn.Module, loaders: Iterable[Iterable[dict]], *, device: torch.device,
+                    dtype: torch.dtype, num_classes: int) -> report.VideoScores:
+    """Multi-view scores of the validation videos of all ranks; collective (every rank calls it).
 
     Args:
         module: the classifier; put in eval mode for the pass and restored after.
@@ -217,13 +327,12 @@ def evaluate(module: torch.nn.Module, loaders: Iterable[Iterable[dict]], *, devi
         num_classes: C.
 
     Returns:
-        ``top1`` / ``top5`` of the softmax averaged over each video's views, ``view_top1`` (single views),
-        ``loss`` (mean cross-entropy of single views, no smoothing), ``num_videos`` (distinct videos over all
-        ranks), ``num_views`` (views per video), ``duplicate_videos`` (videos seen on more than one rank; 0).
+        One row per distinct video over all ranks (`finetune.report.VideoScores`), the same on every rank.
     """
     was_training = module.training
     module.eval()
-    # video id -> [label, summed softmax (C,), views, correct single views, summed cross-entropy]
+    # video id -> [label, summed softmax (C,), views, correct single views, summed cross-entropy,
+    #              single-view predictions per class (C,), class name]
     mine: dict[str, list] = {}
     with torch.no_grad():
         for loader in loaders:
@@ -233,14 +342,18 @@ def evaluate(module: torch.nn.Module, loaders: Iterable[Iterable[dict]], *, devi
                 logits = module(x.reshape(-1, *x.shape[-4:])).float().view(b, views, -1).cpu()
                 labels = batch["label"].cpu()
                 ce = F.cross_entropy(logits.flatten(0, 1), labels.repeat_interleave(views), reduction="none")
-                right = (logits.argmax(-1) == labels[:, None]).sum(1)
+                view_pred = logits.argmax(-1)  # (B, V)
+                right = (view_pred == labels[:, None]).sum(1)
                 probs = logits.softmax(-1).sum(1)  # (B, C)
+                names = batch["meta"].get("class_name", [""] * b)
                 for i, (shard, key) in enumerate(zip(batch["meta"]["shard"], batch["meta"]["key"], strict=True)):
-                    entry = mine.setdefault(f"{shard}/{key}", [int(labels[i]), np.zeros(num_classes), 0, 0, 0.0])
+                    entry = mine.setdefault(f"{shard}/{key}", [int(labels[i]), np.zeros(num_classes), 0, 0, 0.0,
+                                                               np.zeros(num_classes, dtype=np.int64), names[i]])
                     entry[1] += probs[i].numpy()
                     entry[2] += views
                     entry[3] += int(right[i])
                     entry[4] += float(ce[i * views : (i + 1) * views].sum())
+                    np.add.at(entry[5], view_pred[i].numpy(), 1)
     module.train(was_training)
 
     merged: dict[str, list] = {}
@@ -251,21 +364,24 @@ def evaluate(module: torch.nn.Module, loaders: Iterable[Iterable[dict]], *, devi
                 duplicates += 1
                 continue
             merged[vid] = entry
-    n = len(merged)
-    if n == 0:
-        return {"kind": "eval", "num_videos": 0, "top1": 0.0, "top5": 0.0}
-    labels = np.array([e[0] for e in merged.values()])
-    scores = np.stack([e[1] / e[2] for e in merged.values()])  # (N, C) mean softmax over views
-    k = min(5, num_classes)
-    topk = np.argsort(-scores, axis=1)[:, :k]
-    views = sum(e[2] for e in merged.values())
-    return {
-        "kind": "eval",
-        "top1": float(np.mean(topk[:, 0] == labels)),
-        "top5": float(np.mean((topk == labels[:, None]).any(1))),
-        "view_top1": sum(e[3] for e in merged.values()) / views,
-        "loss": sum(e[4] for e in merged.values()) / views,
-        "num_videos": n,
-        "num_views": views / n,
-        "duplicate_videos": duplicates,
-    }
+    entries = list(merged.values())
+    scores = (np.stack([e[1] / e[2] for e in entries]) if entries  # (N, C) mean softmax over views
+              else np.zeros((0, num_classes)))
+    videos = report.VideoScores(
+        keys=list(merged), labels=np.array([e[0] for e in entries], dtype=np.int64), scores=scores,
+        view_agreement=np.zeros(len(entries)), views=np.array([e[2] for e in entries], dtype=np.int64),
+        view_correct=sum(e[3] for e in entries), loss_sum=sum(e[4] for e in entries), duplicates=duplicates,
+        class_names={e[0]: e[6] for e in entries if isinstance(e[6], str) and e[6]},
+    )
+    predicted = videos.ranked(1)[:, 0] if entries else np.zeros(0, dtype=np.int64)
+    videos.view_agreement = np.array([e[5][p] / e[2] for e, p in zip(entries, predicted, strict=True)])
+    return videos
+
+
+def evaluate(module: torch.nn.Module, loaders: Iterable[Iterable[dict]], *, device: torch.device,
+             dtype: torch.dtype, num_classes: int) -> dict:
+    """`evaluate_videos` summarised (`finetune.report.summarise`): ``top1`` / ``top5`` of the softmax averaged over
+    each video's views, ``mean_class_acc``, ``view_top1`` (single views), ``loss`` (mean cross-entropy of single
+    views, no smoothing), ``num_videos`` (distinct videos over all ranks), ``num_views`` (views per video),
+    ``duplicate_videos`` (videos seen on more than one rank; 0)."""
+    return report.summarise(evaluate_videos(module, loaders, device=device, dtype=dtype, num_classes=num_classes))

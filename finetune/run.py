@@ -25,7 +25,9 @@ from data.errors import UserError  # noqa: E402
 from finetune import recipes  # noqa: E402
 from finetune.build import (  # noqa: E402
     build_model,
+    class_names,
     describe,
+    hold_out,
     init_weights,
     resolve_data,
     resolve_num_classes,
@@ -33,7 +35,7 @@ from finetune.build import (  # noqa: E402
     validate,
 )
 from finetune.config import FinetuneConfig, derive  # noqa: E402
-from finetune.engine import FinetuneStage, run_eval  # noqa: E402
+from finetune.engine import EvalSet, FinetuneStage, run_eval  # noqa: E402
 from launch import config as config_lib  # noqa: E402
 from launch.checkpoint import atomic_write_text  # noqa: E402
 from launch.trainer import Trainer, entry  # noqa: E402
@@ -50,33 +52,44 @@ def main(argv: list[str] | None = None) -> int:
                                 erase_prob=cfg.reprob)
     trainer.start()
     train_src, val_src = resolve_data(cfg, trainer)
-    dataset = trainer.train_dataset(train_src, spec)
+    holdout = hold_out(cfg, train_src)  # --select-on val: a val split out of the training shards; else None
+    dataset = trainer.train_dataset(train_src, spec, keep=holdout.train_filter if holdout else None)
     sources = [(train_src, dataset, "--data")]
-    loaders, val_set = (None, None)
-    if val_src:
+    names = {**class_names([src for src in (train_src, val_src) if src]), **(holdout.class_names if holdout else {})}
+    evals, val_set = [], None
+    if holdout:
+        evals.append(EvalSet("val", val_loaders(train_src, spec, cfg, trainer, holdout.val_filter)[0],
+                             holdout.num_val, names))
+    if val_src:  # the test partition: evaluated for its curves and the report, never to choose weights
         loaders, val_set = val_loaders(val_src, spec, cfg, trainer)
         sources.append((val_src, val_set, "--val-data"))
+        evals.append(EvalSet("test", loaders, val_set.num_samples, names))
     elif cfg.eval_only:
         raise UserError("--eval-only needs validation data; pass --val-data")
     num_classes = resolve_num_classes(cfg, sources)
 
     trainer.seed()
     model = build_model(cfg, family, num_classes)
-    d = derive(cfg, world_size=trainer.info.world_size, num_samples=dataset.num_samples,
+    held = holdout.num_val if holdout else 0
+    d = derive(cfg, world_size=trainer.info.world_size, num_samples=dataset.num_samples - held,
                num_val_samples=val_set.num_samples if val_set else 0, num_classes=num_classes,
                precision=trainer.precision, token_grid=getattr(model, "token_grid", None), family=family,
-               recipe=recipe)
+               recipe=recipe, num_holdout=held)
     if cfg.eval_only:
-        return evaluate_only(cfg, trainer, model, loaders, d)
+        return evaluate_only(cfg, trainer, model, evals[0], d)
     init_weights(trainer, model, cfg, family, resumed=bool(trainer.checkpoints().find(cfg.resume)))
-    return trainer.fit(FinetuneStage(cfg, d, loaders), model, dataset, d, describe(cfg, d))
+    return trainer.fit(FinetuneStage(cfg, d, evals), model, dataset, d, describe(cfg, d))
 
 
-def evaluate_only(cfg: FinetuneConfig, trainer: Trainer, model, loaders, d) -> int:
-    """``--eval-only``: the resumed checkpoint's weights (else ``--init-from``) evaluated once, into ``eval.json``."""
-    init_weights(trainer, model, cfg, d.family, resumed=bool(trainer.load_for_eval(model)))
+def evaluate_only(cfg: FinetuneConfig, trainer: Trainer, model, evalset: EvalSet, d) -> int:
+    """``--eval-only``: the resumed checkpoint's weights (else ``--init-from``) evaluated once: ``eval.json`` and the
+    reports (`finetune.report`) in the run folder."""
+    resumed = trainer.load_for_eval(model)
+    init_weights(trainer, model, cfg, d.family, resumed=bool(resumed))
     model.to(device=trainer.device, dtype=trainer.dtype)
-    metrics = run_eval(model, loaders, trainer, d, 0)
+    weights = resumed or cfg.init_from or "the initialisation (no --init-from, no checkpoint)"
+    metrics = run_eval(model, evalset, trainer, d, 0, folder=cfg.output_dir,
+                       extra={"checkpoint": weights, "selected_on": "given"})
     if trainer.info.is_main:
         atomic_write_text(os.path.join(cfg.output_dir, "eval.json"), json.dumps(metrics, indent=2) + "\n")
     trainer.log.close()

@@ -159,14 +159,21 @@ def test_run_folder_logs_checkpoints_best_and_multi_view_eval(demo_dir, tmp_path
         assert 0 <= rec["top1"] <= rec["top5"] <= 1
     assert "eval step 4: top1" in out.stdout
     assert (run / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+    # --select-on last (the default): best.pth is the final weights, and the run reports the final evaluation
     best = json.loads((run / "best.json").read_text())
-    assert best["top1"] == max(r["top1"] for r in evals.values()) and best["step"] in evals
+    assert best["step"] == 4 and best["top1"] == evals[4]["top1"] and best["selected_on"] == "last"
+    final = json.loads((run / "metrics.json").read_text())
+    assert (final["step"], final["split"], final["checkpoint"], final["selected_on"]) == (4, "test", "best.pth", "last")
+    assert final["top1"] == evals[4]["top1"] and final["reports"] == "reports/step_00000004/test"
+    for step in (2, 4):  # every evaluation's report: the counts add up to the videos, trace / sum = top-1
+        folder = run / "reports" / f"step_{step:08d}" / "test"
+        check_reports(folder, evals[step], names=["move_left", "move_right"])
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
-    assert {"train/loss", "train/lr", "eval/top1", "eval/top5"} <= set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "test/top1", "test/top5", "test/mean_class_acc"} <= set(events.Tags()["scalars"])
 
     # best.pth is a fine-tuning file: evaluating it again gives the recorded top-1, and 2 clips x 3 crops count
     # every video once with 6 views each.
@@ -176,12 +183,30 @@ def test_run_folder_logs_checkpoints_best_and_multi_view_eval(demo_dir, tmp_path
     check_ok(out)
     assert "official VideoMAE fine-tuning checkpoint -> VideoMAEClassifier" in out.stdout
     assert json.loads((again / "eval.json").read_text())["top1"] == best["top1"]
+    check_reports(again, json.loads((again / "eval.json").read_text()), names=["move_left"])
+    assert json.loads((again / "metrics.json").read_text())["checkpoint"] == str(run / "best.pth")
     views = tmp_path / "views"
     out = run_script(["finetune/run.py", *TINY, "--eval-only", "--init-from", str(run / "best.pth"),
                       "--test-clips", "2", "--test-crops", "3", "--output-dir", str(views)], demo=demo_dir)
     check_ok(out)
     multi = json.loads((views / "eval.json").read_text())
     assert multi["num_videos"] == 32 and multi["num_views"] == 6 and multi["duplicate_videos"] == 0
+
+
+def check_reports(folder: Path, record: dict, names: list[str]) -> None:
+    """An evaluation's report files agree with its logged record (see tests/test_report.py for the details)."""
+    import csv
+
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["top1"] == record["top1"] and metrics["num_videos"] == record["num_videos"]
+    per_class = list(csv.DictReader((folder / "per_class.csv").open()))
+    assert [r["class_name"] for r in per_class[: len(names)]] == names  # the records' class names
+    assert sum(int(r["videos"]) for r in per_class) == record["num_videos"]
+    rows = list(csv.reader((folder / "confusion.csv").open()))
+    cm = np.array([[int(x) for x in r[1:]] for r in rows[1:]])
+    assert cm.sum() == record["num_videos"] and np.trace(cm) / cm.sum() == pytest.approx(record["top1"])
+    assert len((folder / "predictions.csv").read_text().splitlines()) == record["num_videos"] + 1
+    assert (folder / "confusion.png").stat().st_size > 0
 
 
 def _encoder_export(path: Path, name: str = "vit_tiny") -> None:
@@ -212,8 +237,10 @@ def _run_until_checkpoint_then_kill(args: list[str], run: Path, step: int, env: 
 def test_sigkill_and_resume_reproduce_the_uninterrupted_run(demo_dir, tmp_path):
     # Drop path (torch's global RNG), mixup and CutMix (per-position seeds) and evaluation between steps: all of it
     # must come out the same after a restart.
+    # --select-on val: the held-out split (and the training stream without it) must come out the same too.
     common = ["finetune/run.py", *TINY, "--num-workers", "2", "--max-steps", "6", "--save-every", "3",
-              "--eval-every", "3", "--mixup", "0.8", "--cutmix", "1.0", "--drop-path", "0.2", "--accum-steps", "3"]
+              "--eval-every", "3", "--mixup", "0.8", "--cutmix", "1.0", "--drop-path", "0.2", "--accum-steps", "3",
+              "--select-on", "val", "--val-fraction", "0.25"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TIMEMAE_DEMO_DIR": str(demo_dir)}
     straight = tmp_path / "straight"
     check_ok(run_script([*common, "--output-dir", str(straight)], demo=demo_dir))
@@ -226,7 +253,19 @@ def test_sigkill_and_resume_reproduce_the_uninterrupted_run(demo_dir, tmp_path):
     assert sorted(b) == [1, 2, 3, 4, 5, 6]
     assert [a[s]["loss"] for s in range(1, 7)] == [b[s]["loss"] for s in range(1, 7)]  # bitwise
     assert read_log(straight, "eval")[6]["top1"] == read_log(resumed, "eval")[6]["top1"]
-    assert json.loads((straight / "best.json").read_text()) == json.loads((resumed / "best.json").read_text())
+    best = json.loads((straight / "best.json").read_text())
+    assert best == json.loads((resumed / "best.json").read_text())
+    evals = [json.loads(line) for line in (straight / "log.jsonl").read_text().splitlines()]
+    evals = {(r["split"], r["step"]): r for r in evals if r.get("kind") == "eval"}
+    assert sorted(evals) == [("test", 3), ("test", 6), ("val", 3), ("val", 6)]
+    assert evals["val", 3]["num_videos"] == 16 and evals["test", 3]["num_videos"] == 32  # 2 of 8 per class held out
+    assert json.loads((straight / "derived.json").read_text())["num_samples"] == 48
+    chosen = 3 if evals["val", 3]["top1"] >= evals["val", 6]["top1"] else 6  # the first best val top-1
+    assert (best["step"], best["split"], best["selected_on"]) == (chosen, "val", "val")
+    final = json.loads((straight / "metrics.json").read_text())
+    assert (final["step"], final["split"], final["selected_on"]) == (chosen, "test", "val")
+    assert final["top1"] == evals["test", chosen]["top1"]  # the test numbers of the weights val chose
+    assert final == json.loads((resumed / "metrics.json").read_text())
 
 
 def test_sigusr1_checkpoints_at_the_next_step(demo_dir, tmp_path):
@@ -345,6 +384,8 @@ def test_fine_tuning_generalises_on_a_signal_it_can_see(tmp_path):
         (["--eval-only", "--val-data", "none"], "--eval-only needs validation data"),
         (["--rand-augment", "rand-m7-x"], "--rand-augment 'rand-m7-x': cannot read the section 'x'"),
         (["--reprob", "2"], "--reprob 2.0 is outside [0, 1]"),
+        (["--select-on", "val", "--val-fraction", "1"], "--val-fraction 1.0 is outside (0, 1)"),
+        (["--select-on", "val", "--eval-only"], "--select-on val chooses among the evaluations of a training run"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(demo_dir, tmp_path, flags, message):
