@@ -1127,13 +1127,38 @@ def keep_freed_memory() -> bool:
 
 def worker_init(worker_id: int) -> None:
     """``worker_init_fn`` for a DataLoader: ``set_thread_budget($TIMEMAE_WORKER_THREADS or 1)``,
-    `keep_freed_memory` and `freeze_inherited_objects`."""
+    `keep_freed_memory`, `freeze_inherited_objects`, and signals left to the training process.
+
+    A worker gets the signals meant for its training process too: a terminal's Ctrl-C (SIGINT) and SLURM's SIGUSR1
+    reach the whole process group or job step, ``timeout``'s SIGTERM the process group, and the DeepSpeed launcher
+    sends SIGTERM to every process under each rank. The training process stops at its next step boundary, writes a
+    checkpoint and then ends its workers; a worker that died first would fail that step. So SIGINT and SIGUSR1 are
+    ignored, and SIGTERM is acted on only when it comes from the parent (torch's own worker handler does the same for
+    the parent's SIGTERM); from anyone else it is dropped. A worker whose parent is gone exits by itself (torch checks
+    every few seconds), so none outlives an aborted run. Signals are changed in DataLoader workers only.
+    """
+    import signal
+
     del worker_id  # every worker gets the same budget
     raw = os.environ.get(WORKER_THREADS_ENV, "1")
     try:
         n = int(raw)
     except ValueError:
         raise UserError(f"{WORKER_THREADS_ENV}={raw!r} is not a whole number; set it to e.g. 1") from None
+    if torch.utils.data.get_worker_info() is not None:  # a DataLoader worker, not a pool or the caller's process
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+        parent = os.getppid()
+
+        def parents_sigterm_only() -> None:
+            while True:
+                if signal.sigwaitinfo({signal.SIGTERM}).si_pid == parent:
+                    os._exit(0)
+
+        # SIGTERM stays pending (blocked in every thread, decoder threads started later included) until this
+        # thread takes it, with the sender's pid.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        threading.Thread(target=parents_sigterm_only, name="sigterm-from-parent", daemon=True).start()
     set_thread_budget(n)
     keep_freed_memory()
     freeze_inherited_objects()

@@ -6,6 +6,11 @@ Two explicit modes:
   worker ``i mod (world_size x num_workers)`` (global worker = rank x num_workers + worker), so there must be at least
   as many shards as ranks x workers (`UserError` otherwise; write smaller shards). Ranks can differ by up to one
   shard's worth of samples, so an evaluation must gather its results rather than assume equal counts.
+- ``epochs`` (fine-tuning's ``--data-mode exact``): infinite, one pass over every sample per epoch. Epoch e is a
+  permutation of all samples seeded by (seed, epoch), the same on every rank; position p of it goes to the global
+  worker ``p mod (world_size x num_workers)``, so over all ranks and workers each sample is used once per epoch
+  (workers' shares differ by at most one sample). Shards are read by record (`scan_tar`), so any number of shards
+  works.
 - ``resampled`` (pretraining): infinite. Each worker draws whole shards with replacement using its own generator
   seeded from (seed, rank, worker, epoch), so different seeds, ranks, workers and epochs see different streams.
   An epoch is ``num_samples`` yielded clips (the training loop counts; the stream never ends). With
@@ -38,7 +43,7 @@ import multiprocessing
 import os
 import tarfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import braceexpand
@@ -63,7 +68,7 @@ from data.sampling import union_indices
 
 log = logging.getLogger(__name__)
 
-MODES = ("exact", "resampled")
+MODES = ("exact", "epochs", "resampled")
 OUTPUTS = ("float", "uint8")
 VIDEO_EXTS = ("mp4", "avi", "mkv", "webm", "mov", "m4v", "mpg", "mpeg", "bin")
 DEFAULT_SHUFFLE_BUFFER = 128
@@ -358,6 +363,8 @@ class ShardDataset(IterableDataset):
         max_consecutive_failures: a worker raises `UserError` after this many samples (or shards) in a row failed,
             instead of looping for ever over data that holds no readable video.
         output: "float" (normalised clips) or "uint8" (pixels, normalised later by `data.clip.normalize_clip`).
+        keep: ``keep(key, label)`` False drops the sample when its record is read, before decoding (not counted as
+            skipped); e.g. a validation split held out of the training shards. Must pickle (loader workers).
     """
 
     def __init__(
@@ -374,6 +381,7 @@ class ShardDataset(IterableDataset):
         decode_timeout_s: float = DEFAULT_DECODE_TIMEOUT_S,
         max_consecutive_failures: int = 100,
         output: str = "float",
+        keep: Callable[[str, int], bool] | None = None,
     ):
         super().__init__()
         if output not in OUTPUTS:
@@ -382,10 +390,10 @@ class ShardDataset(IterableDataset):
             raise UserError(f"stream mode {mode!r} is unknown; use one of {MODES}")
         if samples_per_decode < 1:
             raise UserError(f"--samples-per-decode {samples_per_decode} is < 1; use 1 (off) or e.g. 2 or 4")
-        if mode == "exact" and samples_per_decode != 1:
+        if mode != "resampled" and samples_per_decode != 1:
             raise UserError(
-                f"--samples-per-decode {samples_per_decode} needs resampled mode; exact mode (evaluation) yields each "
-                "sample once, so use 1"
+                f"--samples-per-decode {samples_per_decode} needs the resampled stream; the {mode} stream yields each "
+                "sample once per pass: use --samples-per-decode 1 or --data-mode resampled"
             )
         if shuffle_buffer < 0:
             raise UserError(f"shuffle buffer {shuffle_buffer} is < 0; use 0 (off) or e.g. 128")
@@ -399,6 +407,7 @@ class ShardDataset(IterableDataset):
         self.decode_timeout_s = decode_timeout_s
         self.max_consecutive_failures = max_consecutive_failures
         self.output = output
+        self.keep = keep
         # Shared with the DataLoader workers (handed over when they start): the main process sees their counts, and
         # persistent workers see set_epoch.
         self._epoch = multiprocessing.Value("q", 0)
@@ -522,6 +531,34 @@ class ShardDataset(IterableDataset):
                         "rewrite them with `timemae shards`"
                     ) from err
 
+    def _all_records(self) -> list[tuple[str, Record]]:
+        """Every sample of every shard, in shard order (bad shards are counted and reported once, here)."""
+        found: list[tuple[str, Record]] = []
+        for path in self.shards:
+            records, err = scan_tar(path)
+            found += [(path, record) for record in records]
+            if err is not None:
+                self._count(self._bad_shards)
+                log.warning("shard %s unreadable from some point on, rest of it skipped: %s", path, err)
+        return found
+
+    def _epoch_records(self, gid: int, total: int, start: int) -> Iterator[tuple[str, Record]]:
+        """Global worker ``gid`` of ``total``: its share of each epoch's permutation, epoch after epoch, from its
+        ``start``-th record on (epoch ``start // share``)."""
+        records = self._all_records()
+        if len(records) < total:
+            raise UserError(
+                f"{len(records)} readable training samples cannot feed {total} loader workers (ranks x workers) once "
+                "per epoch; use fewer --num-workers or --data-mode resampled"
+            )
+        share = len(range(gid, len(records), total))  # the same every epoch
+        first, offset = divmod(start, share)
+        for epoch in itertools.count(first):
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(records))[gid::total]
+            for i in order[offset:]:
+                yield records[i]
+            offset = 0
+
     def _read(self, path: str, record: Record, files: dict[str, Any]) -> dict[str, Any]:
         """The bytes of one sample (the last few shards read stay open in ``files``)."""
         fh = files.get(path)
@@ -547,6 +584,8 @@ class ShardDataset(IterableDataset):
             label = int(meta["label"])
         except (KeyError, ValueError, TypeError, OverflowError) as err:  # OverflowError: a label such as 1e400
             raise DecodeError(f"no valid JSON record ({type(err).__name__}: {err})") from err
+        if self.keep is not None and not self.keep(sample["__key__"], label):
+            return []
         exts = [e for e in VIDEO_EXTS if e in sample]
         if not exts:
             raise DecodeError(f"no video member (have {sorted(k for k in sample if not k.startswith('__'))})")
@@ -572,20 +611,27 @@ class ShardDataset(IterableDataset):
         logical = (worker + self._resume_batches) % num_workers  # see resume_from
         epoch = int(self._epoch.value)
         rng = np.random.default_rng([self.seed, self.rank, logical, epoch])
-        if self.mode == "exact":
-            self.check_workers(num_workers)
-            total = self.world_size * num_workers
-            mine = self.shards[self.rank * num_workers + logical :: total]
-            shard_paths: Iterable[str] = [mine[i] for i in rng.permutation(len(mine))] if self.shuffle_buffer else mine
-        else:
-            shard_paths = (self.shards[int(rng.integers(len(self.shards)))] for _ in itertools.count())
-        failures = 0
         k = self.samples_per_decode
         skip = self._clips_to_skip(logical, num_workers)
+        first = 0  # decode number of the first record of ``refs``
+        if self.mode == "epochs":
+            first, skip = skip // k, skip % k  # seeks straight to its position: nothing before it is replayed
+            refs = self._epoch_records(self.rank * num_workers + logical, self.world_size * num_workers, first)
+        else:
+            if self.mode == "exact":
+                self.check_workers(num_workers)
+                total = self.world_size * num_workers
+                mine = self.shards[self.rank * num_workers + logical :: total]
+                shard_paths: Iterable[str] = (
+                    [mine[i] for i in rng.permutation(len(mine))] if self.shuffle_buffer else mine
+                )
+            else:
+                shard_paths = (self.shards[int(rng.integers(len(self.shards)))] for _ in itertools.count())
+            refs = shuffled(self._records(shard_paths), self.shuffle_buffer, rng)
+        failures = 0
         files: dict[str, Any] = {}
         try:
-            refs = shuffled(self._records(shard_paths), self.shuffle_buffer, rng)
-            for decode_number, (path, record) in enumerate(refs):
+            for decode_number, (path, record) in enumerate(refs, start=first):
                 if skip >= k:  # resuming: this decode's clips were consumed before the restart (nothing is read)
                     skip -= k
                     continue
@@ -625,7 +671,7 @@ def make_loader(
     """A DataLoader over a `ShardDataset`.
 
     Workers get `data.decode.worker_init` (one thread each) and stay alive between epochs. ``drop_last`` defaults to
-    True in resampled mode (equal batches for training) and False in exact mode (no sample lost in evaluation).
+    True for the endless training streams (equal batches) and False in exact mode (no sample lost in evaluation).
 
     Raises:
         UserError: exact mode with fewer shards than ranks x workers, or a non-positive batch size.
@@ -641,5 +687,5 @@ def make_loader(
         persistent_workers=num_workers > 0,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        drop_last=dataset.mode == "resampled" if drop_last is None else drop_last,
+        drop_last=dataset.mode != "exact" if drop_last is None else drop_last,
     )

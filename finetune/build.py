@@ -153,7 +153,7 @@ def val_loaders(val: str, spec: ClipSpec, cfg: FinetuneConfig, trainer: Trainer,
             for k in range(cfg.test_clips)]
     workers = min(cfg.num_workers, len(sets[0].shards) // info.world_size)
     sets[0].check_workers(workers)
-    check_modality(sets[0], cfg.modality, "--val-data")
+    check_modality(sets[0].shards, cfg.modality, "--val-data")
     return (lambda: (make_loader(ds, cfg.batch_size, workers) for ds in sets)), sets[0]
 
 

@@ -42,6 +42,9 @@ class FinetuneConfig(RunFields, OptimFields, ClipFields, ModelFields):  # fields
     data: str = field("", "training shards (folder, tar or brace pattern); empty = the embedded demo data")
     val_data: str = field("", "validation shards; empty = the demo val split when --data is empty, else no "
                               "evaluation; none = no evaluation")
+    data_mode: str = field("exact", "training stream: exact (one pass over every video per epoch, a fresh seeded "
+                                    "permutation each epoch) or resampled (shards drawn with replacement through a "
+                                    "shuffle buffer)", choices=("exact", "resampled"))
     num_workers: int = field(8, "data-loader worker processes per rank (evaluation: at most the val shards per rank)")
     train_crop: str | None = field(None, "training crop: rrc (random resized crop, the official fine-tuning) or "
                                          "multiscale (TSN)" + RECIPE, choices=("rrc", "multiscale"))

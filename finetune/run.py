@@ -48,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg, recipe = recipes.resolve(flags, family)  # the effective config: unset fields from the family's recipe
     validate(cfg, family)
     trainer = Trainer(cfg)
+    cfg = trainer.cfg  # --num-workers capped at this rank's cores
     spec = ClipSpec.from_config(cfg, train=True, crop=cfg.train_crop, flip=cfg.flip, rand_augment=cfg.rand_augment,
                                 erase_prob=cfg.reprob)
-    trainer.start()
+    trainer.start(data={"--data": cfg.data, "--val-data": "" if cfg.val_data == "none" else cfg.val_data},
+                  files={"--init-from": cfg.init_from})
     train_src, val_src = resolve_data(cfg, trainer)
     holdout = hold_out(cfg, train_src)  # --select-on val: a val split out of the training shards; else None
     dataset = trainer.train_dataset(train_src, spec, keep=holdout.train_filter if holdout else None)

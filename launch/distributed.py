@@ -84,6 +84,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def cores_per_rank(info: DistInfo, env: dict | None = None) -> tuple[int, int]:
+    """(CPU cores this rank may use, ranks on this node sharing them).
+
+    The cores are the process's affinity mask (``os.sched_getaffinity``: what ``taskset``, cgroups or SLURM allow),
+    divided among the ranks on this node that share it. torchrun and the ``deepspeed`` launcher start every local rank
+    with the same mask and say how many there are (LOCAL_WORLD_SIZE, LOCAL_SIZE); srun gives each task its own cores,
+    so its mask is its share already (at most SLURM_CPUS_PER_TASK, where srun does not bind tasks to cores). Other
+    launchers: the mask is taken as this rank's.
+    """
+    env = os.environ if env is None else env
+    cores = len(os.sched_getaffinity(0))
+    ranks = 1
+    if info.launcher == "slurm":
+        per_task = env.get("SLURM_CPUS_PER_TASK", "")
+        if per_task.isdigit() and int(per_task) > 0:
+            cores = min(cores, int(per_task))
+    else:
+        local = env.get("LOCAL_WORLD_SIZE") or env.get("LOCAL_SIZE") or ""
+        if local.isdigit() and int(local) > 0:
+            ranks = int(local)
+    return max(1, cores // ranks), ranks
+
+
 def device_for(info: DistInfo) -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", info.local_rank % torch.cuda.device_count())

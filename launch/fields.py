@@ -38,6 +38,9 @@ class ClipFields:
     grid_arrangement: str = field("spatial", "TIME block arrangement", choices=("spatial", "temporal"))
     sampling_rate: int = field(0, "0 = TIME segment sampling over the whole video; k > 0 = official VideoMAE "
                                   "sampling, every k-th frame (needs --grid-n 1)")
+    data_mode: str = field("resampled", "training stream: resampled (shards drawn with replacement through a shuffle "
+                                        "buffer) or exact (one pass over every video per epoch, a fresh seeded "
+                                        "permutation each epoch)", choices=("exact", "resampled"))
     num_workers: int = field(8, "data-loader worker processes per rank")
     shuffle_buffer: int = field(128, "samples held for shuffling in each worker")
 

@@ -1,4 +1,5 @@
-"""Run logging on rank 0: ``log.jsonl`` (one JSON object per logged step), tensorboard events, a console line."""
+"""Run logging on rank 0: ``log.jsonl`` (one JSON object per logged step), tensorboard events, a console line, and
+on an interactive terminal a progress bar."""
 
 from __future__ import annotations
 
@@ -13,11 +14,18 @@ import numpy as np
 
 
 class RunLogger:
-    """Writes nothing on ranks other than 0 (``enabled=False``), so callers need no rank checks."""
+    """Writes nothing on ranks other than 0 (``enabled=False``), so callers need no rank checks.
 
-    def __init__(self, output_dir: str, *, enabled: bool = True, tensorboard: bool = True):
+    ``progress``: show a progress bar (`open_progress`, `advance`); default: when stderr is an interactive terminal.
+    The console lines are then written above the bar; without one they are plain lines.
+    """
+
+    def __init__(self, output_dir: str, *, enabled: bool = True, tensorboard: bool = True,
+                 progress: bool | None = None):
         self.enabled = enabled
         self.output_dir = output_dir
+        self.progress = enabled and (sys.stderr.isatty() if progress is None else progress)
+        self._bar = None
         self._tb = None
         self._jsonl = None
         self._start = time.time()
@@ -32,7 +40,37 @@ class RunLogger:
 
     def info(self, message: str) -> None:
         if self.enabled:
+            self._print(message)
+
+    def _print(self, message: str) -> None:
+        if self._bar is not None:
+            self._bar.write(message, file=sys.stdout)  # clears the bar, prints, draws it again
+            sys.stdout.flush()
+        else:
             print(message, flush=True)
+
+    def open_progress(self, total: int, done: int) -> None:
+        """The progress bar of steps ``done``..``total`` (a resumed run starts part way; the ETA counts this run)."""
+        if not self.progress or self._bar is not None:
+            return
+        from tqdm import tqdm
+
+        try:
+            sized = os.get_terminal_size(sys.stderr.fileno()).columns > 0
+        except OSError:
+            sized = False
+        # a terminal that reports no size (a bare pty) would get no bar at all from tqdm: a fixed size instead
+        self._bar = tqdm(total=total, initial=done, file=sys.stderr, dynamic_ncols=sized, ncols=None if sized else 100,
+                         nrows=None if sized else 24, smoothing=0.1,
+                         bar_format="step {n_fmt}/{total_fmt} {percentage:3.0f}%|{bar}| "
+                                    "[{elapsed}, ETA {remaining}{postfix}]")
+
+    def advance(self, step: int, loss: float, clips_per_s: float) -> None:
+        """Move the bar to ``step``, showing the step's loss and clips per second."""
+        if self._bar is None:
+            return
+        self._bar.set_postfix_str(f"loss {loss:.4f}, {clips_per_s:.1f} clips/s", refresh=False)
+        self._bar.update(step - self._bar.n)
 
     def log_step(self, step: int, values: dict[str, Any], *, console: bool = True, prefix: str = "train") -> None:
         """One JSON line, tensorboard scalars under ``{prefix}/`` (``train/``, ``eval/``), and a console line."""
@@ -51,7 +89,7 @@ class RunLogger:
                              ("data_wait_s", ".3f"), ("max_mem_gib", ".1f")):
                 if key in values and values[key] is not None:
                     parts.append(f"{key} {values[key]:{fmt}}")
-            print("  ".join(parts), file=sys.stdout, flush=True)
+            self._print("  ".join(parts))
 
     def log_images(self, tag: str, images: np.ndarray, step: int) -> None:
         """images: (N, H, W, 3) uint8."""
@@ -86,6 +124,9 @@ class RunLogger:
     def close(self) -> None:
         if not self.enabled:
             return
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
         if self._tb is not None:
             self._tb.close()
         self._jsonl.close()

@@ -1,9 +1,15 @@
-"""Time limits and preemption: checkpoint at the next step boundary when SLURM (or anyone) warns, then requeue.
+"""Stopping a run cleanly: checkpoint at the next step boundary on a signal, then requeue under SLURM.
 
 Submit with ``#SBATCH --signal=USR1@120`` (or ``B:USR1@120`` plus forwarding in the script): SLURM sends SIGUSR1
-two minutes before the time limit. SIGTERM (preemption, ``scancel``) is handled the same way. The handler only sets
-a flag; the training loop asks `StopRequest.should_stop` at every step boundary (all ranks agree through one
-all-reduce), writes a checkpoint, and `requeue` puts the job back in the queue, where ``--resume auto`` continues.
+two minutes before the time limit. SIGTERM (preemption, ``scancel``, ``timeout``, a launcher passing on a Ctrl-C) and
+SIGINT (Ctrl-C) are handled the same way, under SLURM or not. The handler only sets a flag; the training loop asks
+`StopRequest.should_stop` at every step boundary (all ranks agree through one all-reduce), writes a checkpoint, and
+`requeue` puts a SLURM job back in the queue, where ``--resume auto`` continues.
+
+A second SIGINT (or a second SIGTERM) ends the process at once, without a checkpoint: the first one hands the signal
+back to its default action, which the kernel carries out even while the process is blocked in a collective. A rank
+blocked in a collective because another rank died never reaches its step boundary; its launcher ends it (DeepSpeed's
+launcher and torchrun send SIGKILL 30 s after their SIGTERM, SLURM after its ``KillWait``).
 """
 
 from __future__ import annotations
@@ -16,18 +22,34 @@ import torch
 
 
 class StopRequest:
-    """Catches SIGUSR1 always, and SIGTERM inside a SLURM job (preemption). Outside SLURM, SIGTERM keeps its default
-    action: launchers such as DeepSpeed's send it to stop the other ranks when one fails, and those must exit."""
+    """Catches SIGUSR1, SIGINT and SIGTERM: the first of each asks for a checkpoint at the next step boundary, a
+    second SIGINT or SIGTERM kills the process (their default action) at once.
 
-    def __init__(self, signals: tuple[int, ...] | None = None):
+    Args:
+        signals: the signals to catch (default: SIGUSR1, SIGINT, SIGTERM).
+        announce: say on stderr, as the signal arrives, what will happen (rank 0).
+    """
+
+    def __init__(self, signals: tuple[int, ...] | None = None, *, announce: bool = True):
         if signals is None:
-            signals = (signal.SIGUSR1, signal.SIGTERM) if "SLURM_JOB_ID" in os.environ else (signal.SIGUSR1,)
+            signals = (signal.SIGUSR1, signal.SIGINT, signal.SIGTERM)
         self.received: int | None = None
+        self.announce = announce
         for sig in signals:
             signal.signal(sig, self._handle)
 
     def _handle(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
-        self.received = signum
+        first = self.received is None
+        if first:
+            self.received = signum
+        again = ""
+        if signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_DFL)  # the next one kills at once, even inside a blocking call
+            again = f"; {signal.Signals(signum).name} again aborts without one"
+        if self.announce:
+            what = "stopping at the end of this step with a checkpoint" if first else "already stopping"
+            # os.write, not print: the handler may run while the main thread is inside a print to the same stream
+            os.write(2, f"\n{signal.Signals(signum).name}: {what}{again}\n".encode())
 
     def should_stop(self, device: torch.device) -> bool:
         """True on every rank when any rank has received a signal (collective: call it on all ranks)."""

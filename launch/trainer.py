@@ -156,11 +156,13 @@ class Trainer:
         return demo_shards(ensure_demo(DEMO_DIR, reuse_any=True), split, self.cfg.modality)  # only reads the stamp
 
     def train_dataset(self, source: str, spec, **options: Any):
-        """The endless, shuffled training stream of this rank (`data.stream.ShardDataset`, resampled mode)."""
+        """The endless, shuffled training stream of this rank (`data.stream.ShardDataset`): ``--data-mode exact`` is
+        its ``epochs`` mode, ``resampled`` its resampled mode."""
         from data.stream import ShardDataset
 
         cfg = self.cfg
-        dataset = ShardDataset(source, spec, mode="resampled", shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
+        mode = "epochs" if cfg.data_mode == "exact" else "resampled"
+        dataset = ShardDataset(source, spec, mode=mode, shuffle_buffer=cfg.shuffle_buffer, seed=cfg.seed,
                                rank=self.info.rank, world_size=self.info.world_size, output="uint8", **options)
         check_modality(dataset.shards, cfg.modality, "--data")
         return dataset
@@ -277,6 +279,9 @@ class Trainer:
                     out["epoch"] = state.step / d.steps_per_epoch
                     out.update(device_memory(device))
                     out.update({f"data_{k}": v for k, v in dataset.stats().items()})
+                    if dataset.mode == "epochs":  # clips taken over all ranks, in passes over the training set
+                        taken = state.micro_batches * cfg.batch_size * info.world_size
+                        out["data_epoch"], out["data_epoch_videos"] = divmod(taken, max(1, d.num_samples))
                     log.log_step(state.step, out)
                     window_t, window_clips = now, 0
                 hook_t = time.perf_counter()
@@ -366,7 +371,7 @@ class Trainer:
 
 # Flags a checkpoint cannot be resumed under once changed: the weights' shapes, or the data position and schedule.
 RESUME_FIXED = ("model", "temporal", "temporal_stages", "temporal_options", "num_frames", "input_size", "num_classes",
-                "batch_size", "accum_steps", "seed", "samples_per_decode")
+                "batch_size", "accum_steps", "seed", "samples_per_decode", "data_mode")
 
 
 def check_resume_config(saved: dict | None, cfg: Any, folder: str) -> None:
@@ -451,19 +456,28 @@ def check_readable(path: str, flag: str) -> None:
                         "permissions") from None
 
 
-def cap_workers(cfg: Any, info: distributed.DistInfo) -> tuple[Any, str]:
-    """``cfg`` with ``num_workers`` at most the cores this rank has, less one for the rank itself (at least 1); and
-    the log line saying so ("" when the flag's value stands).
+def cap_workers(cfg: Any, info: distributed.DistInfo, env: dict | None = None) -> tuple[Any, str]:
+    """``cfg`` with ``num_workers`` at most the cores this rank has (at least 1), and the log line saying so (""
+    when the flag's value stands).
 
     More loader workers than cores only makes them take turns (and on a laptop, with the default 8, the first step
-    waits for all of them to start). The cores per rank are `distributed.cores_per_rank`.
+    waits for all of them to start). The cores per rank are `distributed.cores_per_rank`; ``TIMEMAE_MAX_WORKERS``
+    in the environment replaces that cap (e.g. to try more workers than cores).
     """
-    cores, ranks = distributed.cores_per_rank(info)
-    cap = max(1, cores - 1)
+    env = os.environ if env is None else env
+    cores, ranks = distributed.cores_per_rank(info, env)
+    given = env.get("TIMEMAE_MAX_WORKERS", "")
+    if given:
+        if not given.isdigit():
+            raise UserError(f"TIMEMAE_MAX_WORKERS={given!r} is not a whole number; unset it or give e.g. 8")
+        cap, why = int(given), "TIMEMAE_MAX_WORKERS"
+    else:
+        shared = f" (its share of the node's, with {ranks} ranks on it)" if ranks > 1 else ""
+        cap, why = cores, f"this rank has {cores} CPU core{'s' if cores > 1 else ''}{shared}"
+    cap = max(1, cap)
     if cfg.num_workers <= cap:
         return cfg, ""
-    note = (f"--num-workers {cfg.num_workers} capped at {cap}: {cores} CPU cores for this rank "
-            f"({ranks} rank{'s' if ranks > 1 else ''} on this node share its cores), one left for the training process")
+    note = f"--num-workers {cfg.num_workers} capped at {cap}: {why} (TIMEMAE_MAX_WORKERS=N sets another cap)"
     return dataclasses.replace(cfg, num_workers=cap), note
 
 

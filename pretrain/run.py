@@ -51,11 +51,12 @@ def validate(cfg: PretrainConfig, grid: tuple[int, int, int]) -> None:
 def main(argv: list[str] | None = None) -> int:
     cfg = config_lib.parse(PretrainConfig, argv, prog="pretrain/run.py", description=__doc__.split("\n")[0])
     trainer = Trainer(cfg)
+    cfg = trainer.cfg  # --num-workers capped at this rank's cores
     spec = ClipSpec.from_config(cfg, train=True, crop="multiscale", flip=False)
     trainer.seed()
     model = build_model(cfg)
     validate(cfg, model.token_grid)
-    trainer.start()
+    trainer.start(data={"--data": cfg.data}, files={"--init-from": cfg.init_from})
     dataset = trainer.train_dataset(cfg.data or trainer.demo_shards("train"), spec,
                                     samples_per_decode=cfg.samples_per_decode)
     d = derive(cfg, world_size=trainer.info.world_size, num_samples=dataset.num_samples,

@@ -152,7 +152,8 @@ def test_two_ranks_fine_tune_resnet18_with_each_module_and_resume_bitwise(demo_d
               "--save-every", "2", "--eval-every", "4", "--dropout", "0.5", "--num-workers", "2", "--accum-steps", "3"]
     launcher = [*DEEPSPEED, port]
     straight = tmp_path / "straight"
-    out = run_script([*common, "--output-dir", str(straight)], demo=demo_dir, launcher=launcher)
+    many = {"TIMEMAE_MAX_WORKERS": "2"}  # 2 workers per rank even on a 2-core machine: the resume under test
+    out = run_script([*common, "--output-dir", str(straight)], demo=demo_dir, launcher=launcher, env=many)
     check_ok(out)
     assert "world size 2" in out.stdout
     train = read_log(straight, "train")
@@ -163,9 +164,9 @@ def test_two_ranks_fine_tune_resnet18_with_each_module_and_resume_bitwise(demo_d
     assert "fc.weight" in best and (temporal == "tsm" or any(".temporal." in k for k in best))  # tsm: no weights
 
     resumed = tmp_path / "resumed"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TIMEMAE_DEMO_DIR": str(demo_dir)}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TIMEMAE_DEMO_DIR": str(demo_dir), **many}
     kill_after_checkpoint([*launcher, *common, "--output-dir", str(resumed)], resumed, 2, env)
-    out = run_script([*common, "--output-dir", str(resumed)], demo=demo_dir, launcher=launcher)
+    out = run_script([*common, "--output-dir", str(resumed)], demo=demo_dir, launcher=launcher, env=many)
     check_ok(out)
     assert "resumed at step 2" in out.stdout
     again = read_log(resumed, "train")

@@ -237,11 +237,12 @@ def _take(ds, batches, num_workers, batch_size=2):
     return list(itertools.islice(ds.tracked(iter(loader)), batches))
 
 
-@pytest.mark.parametrize("num_workers, samples_per_decode", [(2, 1), (3, 2)])
-def test_a_resumed_stream_continues_the_interrupted_one_exactly(shard_dir, num_workers, samples_per_decode):
+@pytest.mark.parametrize("mode, num_workers, samples_per_decode", [("resampled", 2, 1), ("resampled", 3, 2),
+                                                                   ("epochs", 2, 1)])
+def test_a_resumed_stream_continues_the_interrupted_one_exactly(shard_dir, mode, num_workers, samples_per_decode):
     """Batch j of a loader comes from worker j % workers and a new loader starts at worker 0: after 5 consumed
     batches (not a multiple of the workers) the resumed stream must still be the uninterrupted one, clip for clip."""
-    opts = dict(mode="resampled", seed=3, shuffle_buffer=4, samples_per_decode=samples_per_decode, output="uint8")
+    opts = dict(mode=mode, seed=3, shuffle_buffer=4, samples_per_decode=samples_per_decode, output="uint8")
     straight_ds = ShardDataset(shard_dir, TRAIN, **opts)
     straight = _take(straight_ds, 9, num_workers)
     first = ShardDataset(shard_dir, TRAIN, **opts)
@@ -296,3 +297,17 @@ def test_the_saved_position_stays_exact_when_a_sample_failed(tmp_path):
     by_count = ShardDataset(out, TRAIN, **opts)
     by_count.resume_from(4, 2, None)
     assert [b["meta"]["key"] for b in _take(by_count, 4, 0)] != [b["meta"]["key"] for b in straight[4:]]
+
+
+def test_epochs_mode_uses_every_video_once_per_epoch_over_two_ranks_and_two_workers(shard_dir):
+    per_rank = []
+    for rank in range(2):
+        ds = ShardDataset(shard_dir, EVAL, mode="epochs", seed=5, rank=rank, world_size=2, output="uint8")
+        batches = _take(ds, 3 * NUM_VIDEOS // 2, num_workers=2, batch_size=1)  # 3 epochs of this rank's half
+        per_rank.append([b["meta"]["key"][0] for b in batches])
+    epochs = [sorted(per_rank[0][e * 4 : e * 4 + 4] + per_rank[1][e * 4 : e * 4 + 4]) for e in range(3)]
+    every = sorted(f"{i:08d}-v{i}" for i in range(NUM_VIDEOS))
+    assert epochs == [every] * 3  # each video exactly once in each epoch, over both ranks
+    assert per_rank[0][:4] != per_rank[0][4:8]  # a fresh permutation each epoch
+    with pytest.raises(UserError, match="cannot feed 12 loader workers"):
+        next(iter(ShardDataset(shard_dir, EVAL, mode="epochs", rank=0, world_size=12)))
