@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preview": ("data.preview", "write the TIME clip of one video as PNG frames and a contact sheet"),
     "reconstruct": ("pretrain.reconstruct", "reconstructions of one video by a pretrained model, per grid N and mask "
                                             "ratio (PNG panels, errors.csv)"),
+    "extract": ("finetune.features", "features of every video of some shards by a checkpoint (.npz), for probes"),
+    "probe": ("finetune.features", "linear and k-NN probe accuracy of extracted features"),
     "compare-weights": ("launch.compare_weights", "per-layer cosine similarity of two checkpoints of one "
                                                   "architecture (CSV, bar chart)"),
     "bench-loader": ("data.bench", "benchmark clip loading (clips/s per core, decode vs. the rest)"),

@@ -69,6 +69,13 @@ def test_single_process_run_folder(demo_dir, tmp_path):
     video = str(next((demo_dir / "videos" / "rgb" / "val").glob("*.mp4")))
     assert cli.main(["reconstruct", "--checkpoint", str(run), "--video", video, "--out", str(tmp_path / "rec")]) == 0
     assert (tmp_path / "rec" / "recon_n2_mask0.75.png").is_file() and (tmp_path / "rec" / "errors.csv").is_file()
+    # `timemae extract` takes the run's encoder.pth and config
+    feats = tmp_path / "val.npz"
+    assert cli.main(["extract", "--checkpoint", str(run), "--data", str(demo_dir / "shards" / "val"), "--clips", "1",
+                     "--out", str(feats), "--no-progress"]) == 0
+    import numpy as np
+
+    assert np.load(feats)["features"].shape == (32, 192)  # vit_tiny: 192-d
 
     from models import build_classifier
     from models.videomae_weights import init_classifier_from
