@@ -63,9 +63,26 @@ def resolve_checkpoint(checkpoint: str) -> tuple[str, dict[str, Any]]:
     return path, config
 
 
-def load_model(checkpoint: str, overrides: dict[str, Any]) -> tuple[torch.nn.Module, dict[str, Any], str]:
-    """The classifier with the checkpoint's weights (its head, if any, is not used), in eval mode; the config; the
-    line the weights loader reported first."""
+def head_classes(path: str) -> int:
+    """Outputs of the classifier head stored in a weights file (``head.weight`` or ``fc.weight``), 0 without one."""
+    from models.checkpoint import load_file
+
+    obj = load_file(path, allow=(argparse.Namespace,))
+    for wrapper in ("model", "module", "state_dict"):
+        if isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+            break
+    for key in ("head.weight", "fc.weight"):
+        if isinstance(obj.get(key), torch.Tensor) and obj[key].dim() == 2:
+            return int(obj[key].shape[0])
+    return 0
+
+
+def load_model(checkpoint: str, overrides: dict[str, Any], *, keep_head: bool = False
+               ) -> tuple[torch.nn.Module, dict[str, Any], str]:
+    """The classifier with the checkpoint's weights, in eval mode; the config; the line the weights loader reported
+    first. With ``keep_head`` a head stored in the file is loaded too (its class count is the file's); otherwise,
+    and for files without one, the head is a fresh single output that nothing uses."""
     from models import build_classifier, get_entry
 
     path, config = resolve_checkpoint(checkpoint)
@@ -81,16 +98,17 @@ def load_model(checkpoint: str, overrides: dict[str, Any]) -> tuple[torch.nn.Mod
 
         options.update(temporal=config["temporal"], temporal_stages=tuple(config.get("temporal_stages") or ()) or None,
                        temporal_options=parse_options(tuple(config.get("temporal_options") or ())))
-    model = build_classifier(name, 1, num_frames=int(config["num_frames"]), img_size=int(config["input_size"]),
-                             **options)
+    classes = head_classes(path) if keep_head else 0
+    model = build_classifier(name, classes or 1, num_frames=int(config["num_frames"]),
+                             img_size=int(config["input_size"]), **options)
     if family == "videomae":
         from models.videomae_weights import init_classifier_from
 
-        report = init_classifier_from(model, path, reset_head=True)
+        report = init_classifier_from(model, path, reset_head=not classes)
     else:
         from models.tsn import init_tsn_from
 
-        report = init_tsn_from(model, path, reset_head=True)
+        report = init_tsn_from(model, path, reset_head=not classes)
     model.eval()
     return model, config, report.splitlines()[0] if report else ""
 

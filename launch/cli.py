@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                             "ratio (PNG panels, errors.csv)"),
     "extract": ("finetune.features", "features of every video of some shards by a checkpoint (.npz), for probes"),
     "probe": ("finetune.features", "linear and k-NN probe accuracy of extracted features"),
+    "attention": ("finetune.attention", "attention maps per layer, class-weight heatmaps and overlays, ResNet "
+                                        "feature maps, of one video"),
     "compare-weights": ("launch.compare_weights", "per-layer cosine similarity of two checkpoints of one "
                                                   "architecture (CSV, bar chart)"),
     "bench-loader": ("data.bench", "benchmark clip loading (clips/s per core, decode vs. the rest)"),
