@@ -764,6 +764,25 @@ def _canonical_split(preset: str, split: str | None, valid: Sequence[str]) -> st
     raise UserError(f"unknown split {split!r} for preset {preset}; use one of: {', '.join(valid)}")
 
 
+_NAMING: dict[str, _StemPattern] = {
+    "uwa3d_mv2": _UWA3D_MV2, "uwa3d_activity": _UWA3D_ACTIVITY, "msr_action3d": _MSR_ACTION3D,
+    "msr_action_pairs": _MSR_PAIRS, "ntu60": _NTU, "ntu120": _NTU,
+}  # fmt: skip
+
+
+def count_named(preset: str, root: str) -> tuple[int, int, str] | None:
+    """For a stem-named preset: (samples of any modality named like the dataset's, files under ``root``, the naming
+    as users know it, e.g. ``a{AA}_s{SS}_e{EE}_v{VV}``), so a message can say how much of a tree matched; None for
+    presets that read list files.
+    """
+    pattern = _NAMING.get(_preset(preset).name)
+    if pattern is None:
+        return None
+    matched = sum(len(stems) for stems in _scan(root, pattern.regex).values())
+    total = sum(sum(not f.startswith(".") for f in files) for _, _, files in os.walk(root, followlinks=True))
+    return matched, total, pattern.text
+
+
 def list_splits(preset: str) -> list[str]:
     """Valid split names of a preset (UWA3D pairs in TIME Table 3 order).
 

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "probe": ("finetune.features", "linear and k-NN probe accuracy of extracted features"),
     "attention": ("finetune.attention", "attention maps per layer, class-weight heatmaps and overlays, ResNet "
                                         "feature maps, of one video"),
+    "protocol": ("finetune.protocol", "a dataset's evaluation protocol in one command: shards, trainings, the table"),
     "compare-weights": ("launch.compare_weights", "per-layer cosine similarity of two checkpoints of one "
                                                   "architecture (CSV, bar chart)"),
     "bench-loader": ("data.bench", "benchmark clip loading (clips/s per core, decode vs. the rest)"),
