@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "attention": ("finetune.attention", "attention maps per layer, class-weight heatmaps and overlays, ResNet "
                                         "feature maps, of one video"),
     "protocol": ("finetune.protocol", "a dataset's evaluation protocol in one command: shards, trainings, the table"),
+    "experiment": ("finetune.experiment", "experiments on the demo data: time-vs-frames (does one TIME frame carry "
+                                          "time?)"),
     "compare-weights": ("launch.compare_weights", "per-layer cosine similarity of two checkpoints of one "
                                                   "architecture (CSV, bar chart)"),
     "bench-loader": ("data.bench", "benchmark clip loading (clips/s per core, decode vs. the rest)"),

@@ -483,11 +483,12 @@ def cap_workers(cfg: Any, info: distributed.DistInfo, env: dict | None = None) -
 
 def demo_ready(folder: str) -> bool:
     """Whether ``folder`` holds a complete demo dataset (its stamp says so), i.e. `ensure_demo` will not generate."""
-    from data.demo import STAMP
+    from data.demo import STAMP, STAMP_FORMAT
 
     try:
         with open(os.path.join(folder, STAMP)) as fh:
-            return bool(json.load(fh).get("complete"))
+            stamp = json.load(fh)
+        return bool(stamp.get("complete")) and stamp.get("format") == STAMP_FORMAT  # an older format is remade
     except (OSError, ValueError, AttributeError):
         return False
 
