@@ -1,14 +1,18 @@
-"""`timemae protocol`: the UWA3D Multiview II cross-view protocol end to end on a fake tree with the real naming,
-the plan (--dry-run), resume by skipping, and the bad inputs (one line, exit 2)."""
+"""`timemae protocol`: the UWA3D Multiview II cross-view protocol end to end on fake trees with the real naming (RGB
+videos, 16-bit depth PNG folders), the plan (--dry-run), resume by skipping finished trainings and by resuming the one
+killed mid-training, the 3-split mean of HMDB51, and the bad inputs (one line, exit 2)."""
 
 import csv
 import json
+import sys
 import time
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from conftest import kill_after_checkpoint, run_script
+from videos import write_depth_pngs
 
 from launch.cli import main
 
@@ -39,6 +43,50 @@ def uwa_tree(tmp_path_factory) -> Path:
         for subject in (1, 2):
             for view in (1, 2, 3, 4):
                 write_tinted(root / f"a{action:02d}_s{subject:02d}_e01_v{view:02d}_rgb.avi", colour, rng)
+    return root
+
+
+@pytest.fixture(scope="module")
+def uwa_depth_tree(tmp_path_factory) -> Path:
+    """UWA3D Multiview II depth: a{AA}_s{SS}_e{EE}_v{VV}_depth/ folders of 8 16-bit PNGs (millimetres, first row 0 as
+    Kinect's missing depth), 3 actions x 2 subjects x 1 episode x 4 views; every frame shows its action as a near band
+    (left, middle or right third) in front of a far background."""
+    root = tmp_path_factory.mktemp("uwa_depth") / "UWA3DII"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    for action in (1, 2, 3):
+        for subject in (1, 2):
+            for view in (1, 2, 3, 4):
+                depth = rng.normal(3000, 50, (8, 32, 32))
+                depth[:, :, (action - 1) * 11: action * 11] -= 2000
+                depth[:, 0, :] = 0
+                write_depth_pngs(root / f"a{action:02d}_s{subject:02d}_e01_v{view:02d}_depth", 8,
+                                 depth=depth.astype(np.uint16))
+    return root
+
+
+HMDB_CLASSES = ("brush_hair", "cartwheel", "chew")
+
+
+@pytest.fixture(scope="module")
+def hmdb_tree(tmp_path_factory) -> Path:
+    """HMDB51 layout: hmdb51/{class}/{video}.avi and, beside it, testTrainMulti_7030_splits/{class}_test_split{n}.txt
+    with lines "video.avi k" (k 1 train, 2 test, 0 unused). 3 classes x 5 videos; per split each class has 3 training
+    videos, 1 test video (a different one in each split) and 1 unused."""
+    base = tmp_path_factory.mktemp("hmdb")
+    root, splits = base / "hmdb51", base / "testTrainMulti_7030_splits"
+    splits.mkdir()
+    rng = np.random.default_rng(2)
+    for cls, colour in zip(HMDB_CLASSES, COLOURS, strict=True):
+        (root / cls).mkdir(parents=True)
+        videos = [f"April_09_{cls}_u_nm_np1_fr_goo_{k}.avi" for k in range(5)]
+        for video in videos:
+            write_tinted(root / cls / video, colour, rng)
+        for n in (1, 2, 3):
+            kinds = ["1"] * 5
+            kinds[n - 1], kinds[4] = "2", "0"
+            lines = "".join(f"{v} {k} \n" for v, k in zip(videos, kinds, strict=True))
+            (splits / f"{cls}_test_split{n}.txt").write_text(lines)
     return root
 
 
@@ -175,3 +223,69 @@ def test_launchers_and_slurm_steps(uwa_tree, tmp_path, capsys, monkeypatch):
     assert resolve_launcher("auto", None) == ("srun", 8)
     rc, out, _ = cli(["uwa3d-mv2", "--root", str(uwa_tree), "--out", str(tmp_path), "--dry-run"], capsys)
     assert rc == 0 and "[new] srun --kill-on-bad-exit=1" in out
+
+
+def _rows_agree_with_their_metrics(rows: list[dict]) -> None:
+    for row in rows:
+        metrics = json.loads(Path(row["metrics"]).read_text())
+        assert float(row["top1"]) == round(100 * metrics["top1"], 2)
+        assert int(row["num_videos"]) == metrics["num_videos"] and row["selected_on"] == "last"
+
+
+def test_hmdb51_gives_the_three_splits_and_their_mean(hmdb_tree, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out_dir = tmp_path / "out"
+    rc, out, err = cli(["hmdb51", "--root", str(hmdb_tree), "--out", str(out_dir), "--", *TINY], capsys)
+    assert rc == 0, out[-3000:] + err[-3000:]
+    for n in (1, 2, 3):
+        assert f"split{n}: train split{n} 9 videos; test split{n} 3" in out  # the unused videos left out
+    rows = list(csv.DictReader((out_dir / "table.csv").open()))
+    assert [(r["training"], r["test"]) for r in rows[:3]] == [(f"split{n}", f"split{n}") for n in (1, 2, 3)]
+    assert len(rows) == 4 and rows[-1]["training"] == "average"
+    _rows_agree_with_their_metrics(rows[:3])
+    assert all(int(r["num_videos"]) == 3 for r in rows[:3])
+    mean = round(sum(float(r["top1"]) for r in rows[:3]) / 3, 2)
+    assert float(rows[-1]["top1"]) == mean
+    md = (out_dir / "table.md").read_text().splitlines()
+    assert md[0] == "hmdb51 (rgb), top-1 (%)"
+    assert [ln.split(" | ")[0] for ln in md if ln.startswith("| split")] == ["| split1", "| split2", "| split3"]
+    assert md[-1] == f"| mean | | {mean:.2f} | | | |"
+    tests = {n: {r["path"] for r in csv.DictReader((out_dir / "manifests" / f"split{n}_test.csv").open())}
+             for n in (1, 2, 3)}
+    assert not tests[1] & tests[2] and not tests[2] & tests[3]  # each split tests on other videos
+
+
+@pytest.mark.slow
+def test_a_depth_protocol_killed_mid_training_resumes_that_training(uwa_depth_tree, tmp_path):
+    out_dir, steps = tmp_path / "out", 4
+    at = TINY.index("--max-steps")
+    flags = [*TINY[:at], *TINY[at + 2:], "--max-steps", str(steps), "--save-every", "2", "--log-every", "1"]
+    args = ["-m", "launch.cli", "protocol", "uwa3d-mv2", "--root", str(uwa_depth_tree), "--modality", "depth",
+            "--out", str(out_dir), "--", *flags]
+    first = out_dir / "runs" / "v12"
+    kill_after_checkpoint([sys.executable, *args], first, 2)
+    assert not (first / "metrics.json").exists(), "the first training finished before it was killed"
+    stopped = max(int(p.parent.name.split("_")[1]) for p in (first / "checkpoints").glob("step_*/COMPLETE"))
+    assert not (out_dir / "runs" / "v13").exists()  # killed in the first training
+
+    again = run_script(args, timeout=900)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "shards train_v12: reused" in again.stdout
+    assert f"resumed at step {stopped} from {first / 'checkpoints' / f'step_{stopped:08d}'}" in again.stdout
+    assert again.stdout.count("resumed at step") == 1  # the other trainings start afresh
+    logged = [json.loads(ln)["step"] for ln in (first / "log.jsonl").read_text().splitlines()
+              if json.loads(ln).get("kind", "train") == "train"]
+    assert logged[:stopped] == list(range(1, stopped + 1)) and logged.count(1) == 1  # continued, not restarted
+    assert logged[-1] == steps
+    assert json.loads((first / "metrics.json").read_text())["step"] == steps
+
+    rows = list(csv.DictReader((out_dir / "table.csv").open()))
+    assert len(rows) == 13 and rows[-1]["training"] == "average"
+    _rows_agree_with_their_metrics(rows[:12])
+    assert all(int(r["num_videos"]) == 6 for r in rows[:12])
+    assert float(rows[-1]["top1"]) == round(sum(float(r["top1"]) for r in rows[:12]) / 12, 2)
+    md = (out_dir / "table.md").read_text()
+    assert md.startswith("uwa3d-mv2 (depth), top-1 (%)") and "| Testing | V3 | V4 | V2 |" in md
+    manifest = list(csv.DictReader((out_dir / "manifests" / "train_v12.csv").open()))
+    assert len(manifest) == 12 and {r["modality"] for r in manifest} == {"depth"}
+    assert all(Path(r["path"]).name.endswith("_depth") for r in manifest)
