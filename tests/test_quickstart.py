@@ -11,7 +11,7 @@ from conftest import ROOT
 @pytest.mark.slow
 def test_quickstart_and_the_finetune_command_it_prints(demo_dir):
     out = demo_dir.parent  # the quickstart keeps its demo data in $OUT/demo: the session's demo is reused
-    env = {**os.environ, "OUT": str(out), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "OUT": str(out), "PYTHONUNBUFFERED": "1", "FT_STEPS": "2"}
     flags = ["--max-steps", "4", "--save-every", "4", "--recon-every", "2", "--log-every", "2"]  # appended: they win
     res = subprocess.run(["bash", "launch/quickstart.sh", *flags], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=1200)
@@ -23,11 +23,14 @@ def test_quickstart_and_the_finetune_command_it_prints(demo_dir):
     for where in ("preview/sheet.png", "pretrain/log.jsonl", "pretrain/tensorboard", "pretrain/encoder.pth"):
         assert f"{out}/{where}" in res.stdout, where  # the closing message points at what was made
 
-    command = res.stdout.split("Fine-tune it on the demo classes")[1].split(":\n", 1)[1].replace("\\\n", " ").strip()
+    assert "pretraining loss (norm-pix): mean of the first 1 logged steps" in res.stdout  # 3 logged: 1, 2, 4
+    assert "fine-tuned top-1" in res.stdout and "(chance 0.125;" in res.stdout
+    assert json.loads((out / "finetune" / "metrics.json").read_text())["num_videos"] == 32
+    command = res.stdout.split("Fine-tune it again")[1].split(":\n", 1)[1].replace("\\\n", " ").strip()
     assert command.count("\n") == 0, command
     ft = subprocess.run(["bash", "-c", command + " --max-steps 2 --save-every 2 --eval-every 2"], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=900)
     assert ft.returncode == 0, ft.stdout[-3000:] + ft.stderr[-3000:]
     assert f"init from {out}/pretrain/encoder.pth" in ft.stdout + ft.stderr  # the mapping report
-    best = json.loads((out / "finetune" / "best.json").read_text())
+    best = json.loads((out / "finetune_more" / "best.json").read_text())
     assert best["step"] == 2 and best["num_videos"] == 32
