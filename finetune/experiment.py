@@ -147,7 +147,10 @@ def run(args: argparse.Namespace) -> int:
     for flag in ("videos_per_class", "val_per_class", "max_steps", "batch_size", "num_frames"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is < 1; give 1 or more")
+    from launch.checkpoint import check_writable
+
     extra = shlex.split(args.finetune_flags)
+    check_writable(args.out, "--out")
     out = Path(args.out)
     demo = out / "demo"
     print(f"== demo data ({args.videos_per_class} + {args.val_per_class} videos per class) -> {demo}", flush=True)

@@ -98,6 +98,14 @@ def load_file(path: str | os.PathLike, *, allow: tuple[type, ...] = (), map_loca
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} does not exist; check the path")
     try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as err:
+        raise UserError(f"checkpoint {path} cannot be read ({err.strerror or err}); check its permissions") from None
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):  # torch's zip format, or a (legacy) pickle
+        raise UserError(f"{path} is not a recognised checkpoint: not a torch file at all (neither a zip archive nor "
+                        f"a pickle; it starts with {head!r}); check the path")
+    try:
         with torch.serialization.safe_globals([*SAFE_GLOBALS, *allow]):
             obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
