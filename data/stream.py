@@ -484,12 +484,17 @@ class ShardDataset(IterableDataset):
         return {"skipped_samples": int(self._skipped.value), "bad_shards": int(self._bad_shards.value)}
 
     def check_workers(self, num_workers: int) -> None:
-        """Exact mode needs a shard for every (rank, worker).
+        """Exact mode needs a shard for every (rank, worker), epochs mode a sample.
 
         Raises:
-            UserError: fewer shards than world_size x max(num_workers, 1).
+            UserError: fewer shards (exact) or samples (epochs) than world_size x max(num_workers, 1).
         """
         total = self.world_size * max(num_workers, 1)
+        if self.mode == "epochs" and self.num_samples < total:
+            raise UserError(
+                f"{self.num_samples} training samples cannot feed {total} loader workers (ranks x workers) once per "
+                "epoch; use fewer --num-workers or --data-mode resampled"
+            )
         if self.mode == "exact" and len(self.shards) < total:
             raise UserError(
                 f"exact mode needs at least one shard per rank x worker ({self.world_size} x {max(num_workers, 1)} = "

@@ -14,7 +14,7 @@ import argparse
 import importlib
 import sys
 
-from data.errors import DecodeError, UserError
+from data.errors import DecodeError, UserError, one_line
 
 # name -> (module, one-line help). The order is the order `timemae --help` lists them in.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(run(args) or 0)
     except (UserError, DecodeError) as err:  # a DecodeError that gets here is the one video the user named
-        print(f"timemae {name}: error: {err}", file=sys.stderr)
+        print(f"timemae {name}: error: {one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"timemae {name}: interrupted", file=sys.stderr)

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from data.errors import UserError
+from data.errors import UserError, one_line
 from launch import config as config_lib
 from launch import distributed
 from launch.checkpoint import CheckpointManager, CheckpointWriteError, make_loads_safe
@@ -513,7 +513,7 @@ def entry(main, prog: str) -> None:
     try:
         code = main()
     except UserError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted before training started; nothing to save", file=sys.stderr)

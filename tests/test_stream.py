@@ -311,3 +311,20 @@ def test_epochs_mode_uses_every_video_once_per_epoch_over_two_ranks_and_two_work
     assert per_rank[0][:4] != per_rank[0][4:8]  # a fresh permutation each epoch
     with pytest.raises(UserError, match="cannot feed 12 loader workers"):
         next(iter(ShardDataset(shard_dir, EVAL, mode="epochs", rank=0, world_size=12)))
+
+
+def test_a_user_error_in_a_loader_worker_reaches_the_user_as_its_one_line(tmp_path):
+    from data.errors import one_line
+
+    with open(tmp_path / "g.tar", "wb") as f, wds.TarWriter(f, encoder=False, mtime=0) as w:
+        for i in range(3):
+            w.write({"__key__": f"x{i}", "mp4": b"junk" * 100, "json": json.dumps({"label": 0}).encode()})
+    ds = ShardDataset(str(tmp_path / "g.tar"), TRAIN, mode="resampled", max_consecutive_failures=3)
+    with pytest.raises(UserError) as err:
+        next(iter(make_loader(ds, batch_size=1, num_workers=1)))
+    assert "Original Traceback" in str(err.value)  # torch's wrapper around the worker's error
+    line = one_line(err.value)
+    assert line.startswith("the last 3 samples all failed to decode") and "\n" not in line
+    assert one_line(UserError("plain")) == "plain"
+    with pytest.raises(UserError, match="3 training samples cannot feed 12 loader workers"):  # in the main process
+        make_loader(ShardDataset(str(tmp_path / "g.tar"), TRAIN, mode="epochs", world_size=4, rank=0), 1, 3)
