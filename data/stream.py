@@ -121,33 +121,6 @@ def resolve_shards(shards: str | os.PathLike | Iterable[str]) -> tuple[list[str]
     return paths, num_samples
 
 
-def iter_tar(path: str) -> Iterator[dict[str, Any]]:
-    """Samples of one tar, in order: ``{"__key__": key, ext: bytes, ...}`` (members grouped by key, webdataset style).
-
-    Raises:
-        tarfile.TarError, OSError, EOFError: the tar is unreadable from some point on.
-    """
-    with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-        current: dict[str, Any] | None = None
-        for member in tar:
-            if not member.isreg():
-                continue
-            base = os.path.basename(member.name)
-            if "." not in base:
-                continue
-            key = os.path.join(os.path.dirname(member.name), base.split(".", 1)[0])
-            ext = base.split(".", 1)[1].lower()
-            data = tar.extractfile(member).read()
-            tar.members = []  # streaming read: do not keep every header of a big shard in memory
-            if current is None or current["__key__"] != key:
-                if current is not None:
-                    yield current
-                current = {"__key__": key}
-            current[ext] = data
-        if current is not None:
-            yield current
-
-
 @dataclasses.dataclass(frozen=True)
 class Record:
     """Where one sample's members lie in its shard: ``members`` is ``((ext, data offset, size), ...)``."""
@@ -159,9 +132,12 @@ class Record:
 def scan_tar(path: str) -> tuple[list[Record], Exception | None]:
     """The samples of one tar, in order, from its headers only (the members' data is seeked over, never read).
 
+    Members are grouped by key, webdataset style: ``dir/key.ext`` belongs to sample ``dir/key``; members that are not
+    regular files or have no extension are passed over.
+
     Returns:
         (the samples before any error, the error or None). A file that is not a tar gives ([], the error); the
-        sample whose headers were being read when the tar broke is left out, as `iter_tar` leaves it out.
+        sample whose headers were being read when the tar broke belongs to its unreadable rest and is left out.
     """
     records: list[Record] = []
     key: str | None = None
@@ -170,10 +146,8 @@ def scan_tar(path: str) -> tuple[list[Record], Exception | None]:
         with tarfile.open(path, "r:") as tar:
             for member in tar:
                 tar.members = []  # do not keep every header of a big shard in memory
-                if not member.isreg():
-                    continue
                 base = os.path.basename(member.name)
-                if "." not in base:
+                if not member.isreg() or "." not in base:
                     continue
                 name = os.path.join(os.path.dirname(member.name), base.split(".", 1)[0])
                 if name != key:
@@ -182,14 +156,14 @@ def scan_tar(path: str) -> tuple[list[Record], Exception | None]:
                     key, members = name, []
                 members.append((base.split(".", 1)[1].lower(), member.offset_data, member.size))
     except (tarfile.TarError, OSError, EOFError) as err:
-        return records, err  # the sample being read when the tar broke belongs to its unreadable rest
+        return records, err
     if key is not None:
         records.append(Record(key, tuple(members)))
     return records, None
 
 
 def read_record(fh: Any, record: Record) -> dict[str, Any]:
-    """One sample's bytes from its open shard: ``{"__key__": key, ext: bytes, ...}`` (as `iter_tar` yields).
+    """One sample's bytes from its open shard: ``{"__key__": key, ext: bytes, ...}``.
 
     Raises:
         DecodeError: a member is cut short (the shard was truncated after it was scanned).
@@ -204,18 +178,25 @@ def read_record(fh: Any, record: Record) -> dict[str, Any]:
     return sample
 
 
+def iter_tar(path: str) -> Iterator[dict[str, Any]]:
+    """Samples of one tar, in order: ``{"__key__": key, ext: bytes, ...}`` (`scan_tar`, then `read_record`).
+
+    Raises:
+        tarfile.TarError, OSError, EOFError: after the readable samples, when the tar is unreadable from some point
+            on. DecodeError: a member cut short.
+    """
+    records, err = scan_tar(path)
+    with open(path, "rb") as fh:
+        for record in records:
+            yield read_record(fh, record)
+    if err is not None:
+        raise err
+
+
 def count_tar_samples(path: str) -> int:
-    """Number of distinct keys in one shard (reads the tar headers only); an unreadable shard counts what could be
-    read (none for a file that is not a tar): the stream skips and counts it when it gets there."""
-    keys: set[str] = set()
-    try:
-        with tarfile.open(path, "r:") as tar:
-            for m in tar:
-                if m.isreg():
-                    keys.add(m.name.split(".", 1)[0])
-    except (tarfile.TarError, OSError, EOFError):
-        pass
-    return len(keys)
+    """Number of samples in one shard (`scan_tar`: headers only); an unreadable shard counts what could be read (none
+    for a file that is not a tar): the stream skips and counts it when it gets there."""
+    return len(scan_tar(path)[0])
 
 
 def shuffled(items: Iterable[Any], buffer_size: int, rng: np.random.Generator) -> Iterator[Any]:

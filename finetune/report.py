@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from launch.checkpoint import atomic_write_text
+from launch.checkpoint import atomic_write_bytes, atomic_write_text
 
 __all__ = ["VideoScores", "class_labels", "confusion_matrix", "summarise", "write_reports"]
 
@@ -111,16 +111,6 @@ def _csv(rows: list[list]) -> str:
     return buf.getvalue()
 
 
-def _write_bytes(path: str, data: bytes) -> None:
-    """``path`` holds its old content or all of ``data`` (a temporary file renamed over it)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def write_reports(folder: str, v: VideoScores, metrics: dict, names: list[str]) -> None:
     """The five report files of one evaluation (module docstring) into ``folder`` (created if needed).
 
@@ -152,7 +142,7 @@ def write_reports(folder: str, v: VideoScores, metrics: dict, names: list[str]) 
                             " ".join(str(int(c)) for c in ranked[i]), f"{v.scores[i, pred]:.6f}",
                             f"{v.view_agreement[i]:.6f}"])
     atomic_write_text(os.path.join(folder, "predictions.csv"), _csv(predictions))
-    _write_bytes(os.path.join(folder, "confusion.png"), confusion_png(cm, names, metrics))
+    atomic_write_bytes(os.path.join(folder, "confusion.png"), confusion_png(cm, names, metrics))
 
 
 def confusion_png(cm: np.ndarray, names: list[str], metrics: dict) -> bytes:

@@ -72,7 +72,7 @@ def test_probes_find_a_signal_and_not_noise(tmp_path, capsys):
 def test_probes_on_extracted_features_see_what_the_model_sees(resnet_file, demo_dir, tmp_path, capsys):
     """Features of a frame-level ResNet carry a per-video colour (its classes' signal here) but not the demo's
     classes, which differ only in motion: the probes find the first and stay near chance on the second."""
-    from test_protocol import write_tinted
+    from videos import write_tinted_video as write_tinted
 
     from data.manifest import Record
     from data.shards import write_shards

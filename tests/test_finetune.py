@@ -329,19 +329,12 @@ def test_tiny_model_training_loss_drops_on_demo_shards(demo_dir, tmp_path):
 COLOURS = [(220, 40, 40), (40, 200, 40), (40, 60, 220), (220, 200, 40)]
 
 
-def write_colour_video(path: Path, colour: tuple[int, int, int], rng: np.random.Generator, frames: int = 12) -> str:
-    """A 64 x 48 clip tinted ``colour``, with per-video brightness and per-frame noise: any frame tells its class."""
-    import av
+def write_colour_video(path: Path, colour: tuple[int, int, int], rng: np.random.Generator) -> str:
+    """A 64 x 48, 12-frame H.264 clip tinted ``colour``: any frame tells its class (`videos.write_tinted_video`)."""
+    from videos import write_tinted_video
 
-    tint = np.array(colour, dtype=np.float32) * rng.uniform(0.6, 1.0)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for _ in range(frames):
-            pixels = np.clip(tint + rng.normal(0, 40, (48, 64, 3)), 0, 255).astype(np.uint8)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
-        container.mux(stream.encode(None))
-    return str(path)
+    return write_tinted_video(path, colour, rng, frames=12, size=(64, 48), noise=40.0, brightness=(0.6, 1.0),
+                              codec="libx264")
 
 
 @pytest.mark.slow

@@ -8,11 +8,10 @@ import sys
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from conftest import kill_after_checkpoint, run_script
-from videos import write_depth_pngs
+from videos import write_depth_pngs, write_tinted_video
 
 from launch.cli import main
 
@@ -21,16 +20,9 @@ TINY = ["--model", "resnet18", "--input-size", "32", "--num-frames", "4", "--max
         "--num-workers", "0"]
 
 
-def write_tinted(path: Path, colour: tuple[int, int, int], rng: np.random.Generator, frames: int = 8) -> None:
-    """A 32 x 32 clip tinted ``colour`` with per-video brightness and per-frame noise."""
-    tint = np.array(colour, dtype=np.float32) * rng.uniform(0.7, 1.0)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("mpeg4", rate=25)
-        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
-        for _ in range(frames):
-            pixels = np.clip(tint + rng.normal(0, 30, (32, 32, 3)), 0, 255).astype(np.uint8)
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
-        container.mux(stream.encode(None))
+def write_tinted(path: Path, colour: tuple[int, int, int], rng: np.random.Generator) -> None:
+    """A 32 x 32, 8-frame clip tinted ``colour`` (`videos.write_tinted_video`)."""
+    write_tinted_video(path, colour, rng)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ H.264 and decoding at a smaller size (a 64x48 frame has 16x16 px cells; at short
 
 Public API (reused by other tests; keep it small and stable):
     write_index_video, write_index_frames, write_depth_pngs, write_msr_bin, msr_bin_bytes, index_frame, index_depth,
-    read_index. Import it as `from videos import ...` (pytest puts tests/ on sys.path).
+    read_index, write_tinted_video. Import it as `from videos import ...` (pytest puts tests/ on sys.path).
 """
 
 from __future__ import annotations
@@ -199,4 +199,21 @@ def write_msr_bin(path: str | os.PathLike, depth: np.ndarray) -> str:
     """Write ``depth`` (T, H, W) as an MSRAction3D ``.bin`` file (see `msr_bin_bytes`); returns ``str(path)``."""
     with open(path, "wb") as f:
         f.write(msr_bin_bytes(depth))
+    return str(path)
+
+
+def write_tinted_video(path: str | os.PathLike, colour: tuple[int, int, int], rng: np.random.Generator, *,
+                       frames: int = 8, size: tuple[int, int] = (32, 32), noise: float = 30.0,
+                       brightness: tuple[float, float] = (0.7, 1.0), codec: str = "mpeg4") -> str:
+    """A clip tinted ``colour`` with a per-video brightness and per-frame noise: any frame tells its class (for tests
+    where a model must learn, or a probe must find, a signal it can see). ``size`` is (width, height)."""
+    width, height = size
+    tint = np.array(colour, dtype=np.float32) * rng.uniform(*brightness)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for _ in range(frames):
+            pixels = np.clip(tint + rng.normal(0, noise, (height, width, 3)), 0, 255).astype(np.uint8)
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode(None))
     return str(path)
