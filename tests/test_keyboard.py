@@ -174,7 +174,11 @@ def test_the_demo_data_is_announced_before_it_is_made(tmp_path, monkeypatch, cap
     assert trainer.demo_shards("train") == str(tmp_path / "shards")
     assert f"making the demo data in {tmp_path / 'demo'}" in made[0]
     (tmp_path / "demo").mkdir()
-    (tmp_path / "demo" / data.demo.STAMP).write_text(json.dumps({"complete": True}))
+    (tmp_path / "demo" / data.demo.STAMP).write_text(json.dumps({"complete": True, "format": "timemae-demo-0"}))
+    made.clear()
+    trainer.demo_shards("train")
+    assert "making the demo data" in made[0]  # a demo of an older format is made again: announced too
+    (tmp_path / "demo" / data.demo.STAMP).write_text(json.dumps({"complete": True, "format": data.demo.STAMP_FORMAT}))
     made.clear()
     trainer.demo_shards("train")
     assert "making the demo data" not in made[0]  # an existing demo is used silently
