@@ -5,7 +5,7 @@
 #   3. `deepspeed pretrain/run.py --mask-ratio 0.75 --grid-n 2` with a small model for a few hundred steps, then the
 #      mean loss of its first and last 10 logged steps;
 #   4. fine-tuning of the encoder it exported on the demo classes, then top-1 next to chance.
-# Needs only Python >= 3.10 and the package index; no GPU, no data or weight downloads. About 8 minutes on 2 cores
+# Needs only Python >= 3.10 and the package index; no GPU, no data or weight downloads. About 5 minutes on 2 cores
 # after the first install. Output under runs/quickstart (override with OUT=...). Flags given to this script go to the
 # pretraining; FT_STEPS sets the fine-tuning's length (default 200).
 set -euo pipefail
