@@ -60,6 +60,10 @@ def load_pretrain_model(checkpoint: str, *, model: str | None = None, input_size
         from models.videomae_weights import SOURCE_NAMES, detect_source
 
         obj = load_file(path, allow=(argparse.Namespace,))
+        named = obj.get("config", {}).get("model") if isinstance(obj.get("config"), dict) else None
+        if named is not None and _family(str(named)) not in (None, "videomae"):
+            raise UserError(f"--checkpoint {checkpoint} holds a {named}: reconstructions need a VideoMAE pretraining "
+                            "model (encoder and decoder); use `timemae attention` for other backbones")
         kind, _ = detect_source(obj, path)
         if kind not in FILE_KINDS:
             raise UserError(f"--checkpoint {checkpoint} is a {SOURCE_NAMES[kind]}: it has no decoder, so it cannot "
@@ -86,6 +90,16 @@ def load_pretrain_model(checkpoint: str, *, model: str | None = None, input_size
         init_pretrain_from(net, path)
     net.eval()
     return net, config
+
+
+def _family(name: str) -> str | None:
+    """The registry family of a model name (None for a name the registry does not know)."""
+    from models import get_entry
+
+    try:
+        return get_entry(name).family
+    except (UserError, KeyError):
+        return None
 
 
 def reconstruct(checkpoint: str, video: str, out_dir: str, *, grid_ns: list[int], mask_ratios: list[float],

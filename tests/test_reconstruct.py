@@ -4,6 +4,7 @@ import csv
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from launch import cli
@@ -44,10 +45,17 @@ def test_panels_and_errors_for_every_setting(weights, demo_dir, tmp_path, capsys
 
 
 @pytest.mark.parametrize("case, message", [
-    ("encoder", "has no decoder"), ("missing", "does not exist"), ("ratio", "mask"), ("video", "does not exist")])
+    ("encoder", "has no decoder"), ("missing", "does not exist"), ("ratio", "mask"), ("video", "does not exist"),
+    ("resnet", "reconstructions need a VideoMAE pretraining model")])
 def test_bad_input_is_one_line(weights, demo_dir, tmp_path, capsys, case, message):
     video = str(next((demo_dir / "videos" / "rgb" / "val").glob("*.mp4")))
-    ckpt = {"encoder": weights / "encoder.pth", "missing": tmp_path / "nope.pth"}.get(case, weights / "pretrain.pth")
+    if case == "resnet":
+        from models import build_classifier
+
+        torch.save({"model": build_classifier("resnet18", 3, num_frames=4, img_size=32).state_dict(),
+                    "config": {**CONFIG, "model": "resnet18"}}, tmp_path / "r18.pth")
+    ckpt = {"encoder": weights / "encoder.pth", "missing": tmp_path / "nope.pth",
+            "resnet": tmp_path / "r18.pth"}.get(case, weights / "pretrain.pth")
     args = ["reconstruct", "--checkpoint", str(ckpt), "--video", video if case != "video" else str(tmp_path / "v.mp4"),
             "--out", str(tmp_path / "out"), "--mask-ratio", "1.5" if case == "ratio" else "0.75"]
     assert cli.main(args) == 2
