@@ -958,6 +958,8 @@ def _shards_run(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise UserError(f"--workers {args.workers} is < 1; use 1 or more")
     short_side = parse_short_side(args.short_side, args.grid_n, args.input_size)
+    if args.order_seed < 0:
+        raise UserError(f"--order-seed {args.order_seed} is negative; give a seed >= 0 (or --order manifest)")
     records = _records_from_args(args)
     try:
         index = write_shards(

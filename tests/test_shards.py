@@ -330,3 +330,5 @@ def test_timemae_shards_writes_a_seeded_shuffled_order_by_default(tmp_path, caps
     for n in _index(tmp_path / "a")["shards"]:
         assert (tmp_path / "a" / n).read_bytes() == (tmp_path / "b" / n).read_bytes()
     assert labels(tmp_path / "s1") != shuffled
+    assert cli.main([*args, "--out", str(tmp_path / "neg"), "--order-seed", "-1"]) == 2
+    assert "--order-seed -1 is negative" in capsys.readouterr().err
