@@ -39,35 +39,32 @@ PROBE_L2 = 1e-3
 # Model
 
 
-def resolve_checkpoint(checkpoint: str) -> tuple[str, dict[str, Any]]:
-    """The weights file of ``checkpoint`` and the config known for it (run folder: config.yaml; file: its config)."""
+def resolve_checkpoint(checkpoint: str) -> tuple[str, dict[str, Any], dict | None]:
+    """The weights file of ``checkpoint``, the config known for it (run folder: config.yaml; file: its config) and the
+    file's contents when they had to be read for the config (a file; None for a run folder)."""
     from launch import config as config_lib
+    from models.checkpoint import load_file
 
     path = checkpoint.rstrip("/")
     config: dict[str, Any] = {}
     if os.path.isdir(path):
         if os.path.isfile(os.path.join(path, "config.yaml")):
             config = config_lib.load_yaml(os.path.join(path, "config.yaml"))
-        for name in ("best.pth", "encoder.pth"):
-            if os.path.isfile(os.path.join(path, name)):
-                return os.path.join(path, name), config
-        raise UserError(f"--checkpoint {checkpoint} holds neither best.pth (fine-tuning) nor encoder.pth "
-                        "(pretraining); give a run folder that wrote one, or a weights file")
+        found = [os.path.join(path, n) for n in ("best.pth", "encoder.pth") if os.path.isfile(os.path.join(path, n))]
+        if not found:
+            raise UserError(f"--checkpoint {checkpoint} holds neither best.pth (fine-tuning) nor encoder.pth "
+                            "(pretraining); give a run folder that wrote one, or a weights file")
+        return found[0], config, None
     if not os.path.isfile(path):
         raise UserError(f"--checkpoint {checkpoint} does not exist; give a run folder or a weights file")
-    from models.checkpoint import load_file
-
     obj = load_file(path, allow=(argparse.Namespace,))
     if isinstance(obj.get("config"), dict):
         config = dict(obj["config"])
-    return path, config
+    return path, config, obj
 
 
-def head_classes(path: str) -> int:
-    """Outputs of the classifier head stored in a weights file (``head.weight`` or ``fc.weight``), 0 without one."""
-    from models.checkpoint import load_file
-
-    obj = load_file(path, allow=(argparse.Namespace,))
+def head_classes(obj: dict) -> int:
+    """Outputs of the classifier head in a weights file's contents (``head.weight`` or ``fc.weight``), 0 without."""
     for wrapper in ("model", "module", "state_dict"):
         if isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
@@ -85,7 +82,7 @@ def load_model(checkpoint: str, overrides: dict[str, Any], *, keep_head: bool = 
     and for files without one, the head is a fresh single output that nothing uses."""
     from models import build_classifier, get_entry
 
-    path, config = resolve_checkpoint(checkpoint)
+    path, config, contents = resolve_checkpoint(checkpoint)
     config.update({k: v for k, v in overrides.items() if v is not None})
     for key, default in (("model", "vit_base"), ("num_frames", 16), ("input_size", 224), ("grid_n", 2),
                          ("modality", "rgb"), ("temporal", "none")):
@@ -98,7 +95,11 @@ def load_model(checkpoint: str, overrides: dict[str, Any], *, keep_head: bool = 
 
         options.update(temporal=config["temporal"], temporal_stages=tuple(config.get("temporal_stages") or ()) or None,
                        temporal_options=parse_options(tuple(config.get("temporal_options") or ())))
-    classes = head_classes(path) if keep_head else 0
+    if keep_head and contents is None:
+        from models.checkpoint import load_file
+
+        contents = load_file(path, allow=(argparse.Namespace,))
+    classes = head_classes(contents) if keep_head else 0
     model = build_classifier(name, classes or 1, num_frames=int(config["num_frames"]),
                              img_size=int(config["input_size"]), **options)
     if family == "videomae":
