@@ -164,10 +164,9 @@ def _figure(rows: list[tuple[str, list[np.ndarray], str | None]], path: str, tit
         axes[r][0].set_ylabel(label, fontsize=7)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from launch.checkpoint import atomic_write_figure
+
+    atomic_write_figure(fig, path, dpi=100)
 
 
 def _overlay(frame: np.ndarray, heat: np.ndarray) -> np.ndarray:

@@ -17,7 +17,6 @@ import argparse
 import csv
 import io
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -111,10 +110,9 @@ def write_table(rows: list[dict[str, Any]], out: Path, chance: float, title: str
     ax.tick_params(axis="x", labelsize=7, rotation=20)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    tmp = out / "table.tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out / "table.png")
+    from launch.checkpoint import atomic_write_figure
+
+    atomic_write_figure(fig, str(out / "table.png"), dpi=110)
     return text
 
 

@@ -542,8 +542,9 @@ def bar_chart(protocol: Protocol, rows: Sequence[dict], modality: str, path: str
     ax.set_ylabel("top-1 (%)")
     ax.set_title(f"{protocol.name} ({modality})", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    from launch.checkpoint import atomic_write_figure
+
+    atomic_write_figure(fig, str(path), dpi=120)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

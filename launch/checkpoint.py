@@ -47,6 +47,18 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def atomic_write_figure(fig: Any, path: str, dpi: int = 100) -> None:
+    """A matplotlib figure as PNG at ``path`` (`atomic_write_bytes`); the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def atomic_write_text(path: str, text: str) -> None:
     """`atomic_write_bytes` of ``text`` in UTF-8."""
     atomic_write_bytes(path, text.encode())

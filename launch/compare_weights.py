@@ -114,10 +114,9 @@ def draw(rows: list[dict[str, Any]], path: str, title: str) -> None:
     handles = [plt.Rectangle((0, 0), 1, 1, color=colour[t]) for t in types]
     ax.legend(handles, [f"{t} ({means[t]:.3f})" for t in types], fontsize=6, loc="lower left", framealpha=0.9)
     fig.tight_layout()
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    from launch.checkpoint import atomic_write_figure
+
+    atomic_write_figure(fig, path, dpi=110)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

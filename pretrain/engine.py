@@ -8,6 +8,7 @@ rank, step, micro-batch), so a resumed run masks the same tokens.
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 
 import torch
@@ -122,7 +123,9 @@ def save_png(image, path: str) -> None:
     """Write an (H, W, 3) uint8 image as PNG atomically (a reader never sees half a file)."""
     from PIL import Image
 
+    from launch.checkpoint import atomic_write_bytes
+
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp"
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
