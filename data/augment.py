@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as tvf
 
-from data.errors import UserError
+from common.errors import UserError
 from data.transforms import IMAGENET_MEAN, IMAGENET_STD, Box
 
 OFFICIAL = "rand-m7-n4-mstd0.5-inc1"

@@ -57,9 +57,9 @@ import torch
 from av.video.reformatter import VideoReformatter
 from PIL import Image
 
+from common.errors import UserError
 from data import augment, decode, sampling, shards, stream, transforms
 from data.clip import ClipSpec
-from data.errors import UserError
 from data.manifest import Record
 
 decord = decode.decord  # imported through data.decode, which works around a decord2 import bug

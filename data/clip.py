@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.errors import UserError
 from data import augment, sampling, time_grid, transforms
-from data.errors import UserError
 
 CROPS = ("multiscale", "rrc", "center", "three")
 SAMPLINGS = ("segment", "stride")
+DEFAULT_STRIDE = 4  # official VideoMAE frame step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +93,7 @@ class ClipSpec:
             raise UserError(f"sampling {self.sampling!r} is unknown; use one of {SAMPLINGS}")
         if self.sampling == "stride" and self.grid_n != 1:
             raise UserError(
-                "stride sampling (--sampling-rate) is the official VideoMAE recipe and needs --grid-n 1; "
+                "stride sampling (--sampling stride) is the official VideoMAE recipe and needs --grid-n 1; "
                 "TIME grids (N > 1) use segment sampling over the whole video"
             )
         if self.sampling_rate < 1:
@@ -111,14 +112,19 @@ class ClipSpec:
     @classmethod
     def from_config(cls, cfg: Any, **overrides: Any) -> ClipSpec:
         """The clip a run's flags describe: any object with the clip fields (``num_frames``, ``grid_n``,
-        ``input_size``, ``grid_arrangement``, ``sampling_rate``; `launch.fields.ClipFields`), plus ``overrides``.
+        ``input_size``, ``grid_arrangement``, ``sampling``, ``sampling_rate``; `launch.fields.ClipFields`), plus
+        ``overrides``.
 
-        ``sampling_rate`` 0 is TIME segment sampling, k > 0 the official stride sampling. Evaluation views of a
-        training spec are ``dataclasses.replace(spec, train=False, crop=..., view=...)``.
+        ``sampling`` "auto" (or absent) is segment sampling unless ``sampling_rate`` > 0 (the older spelling of
+        stride sampling); a stride without a rate takes VideoMAE's 4. Evaluation views of a training spec are
+        ``dataclasses.replace(spec, train=False, crop=..., view=...)``.
         """
+        sampling = getattr(cfg, "sampling", "auto")
+        if sampling == "auto":
+            sampling = "stride" if cfg.sampling_rate else "segment"
         base = dict(num_frames=cfg.num_frames, grid_n=cfg.grid_n, input_size=cfg.input_size,
-                    arrangement=cfg.grid_arrangement, sampling="stride" if cfg.sampling_rate else "segment",
-                    sampling_rate=max(cfg.sampling_rate, 1))
+                    arrangement=cfg.grid_arrangement, sampling=sampling,
+                    sampling_rate=cfg.sampling_rate or DEFAULT_STRIDE)
         return cls(**{**base, **overrides})
 
     @property
@@ -270,7 +276,7 @@ def _resize_into_grid(crops: np.ndarray | torch.Tensor, spec: ClipSpec) -> torch
     column. So the cropped frames are copied into the grid arrangement first (at their own size), the horizontal
     pass runs on all cell rows at once, seen as one image of rows w' pixels wide, and the vertical pass on the grid's
     rows of N cells side by side, seen as T* N images of h' x N w pixels: it writes the finished grid, where resizing
-    first would write the cells and then copy them into the grid (0.2 ms per N = 2 clip).
+    first would write the cells and then copy them into the grid.
 
     Args:
         crops: (L, h', w', C) uint8, any strides (the frames cropped: a view).
@@ -309,7 +315,7 @@ def _flip_cells(grid: torch.Tensor, grid_n: int) -> torch.Tensor:
 def _grid_channels_last(
     cells: np.ndarray | torch.Tensor, grid_n: int, num_frames: int, arrangement: str
 ) -> torch.Tensor:
-    """`time_grid.to_grid` on channel-last pixels: (L, h, w, C) -> (T*, N h, N w, C) uint8, one copy.
+    """The TIME grid (`time_grid.source_view`) of channel-last pixels: (L, h, w, C) -> (T*, N h, N w, C) uint8.
 
     The innermost run of the copy is a whole cell row (w x C contiguous bytes); numpy's strided copy measured faster
     than torch's for this pattern. N = 1 is a view.
@@ -320,18 +326,9 @@ def _grid_channels_last(
         return cells if isinstance(cells, torch.Tensor) else torch.from_numpy(cells)
     src = cells.numpy() if isinstance(cells, torch.Tensor) else cells
     out = np.empty((t, n, h, n, w, c), dtype=src.dtype)
-    dst = grid_source_view(out, arrangement)
+    dst = time_grid.source_view(out, arrangement)
     np.copyto(dst, src.reshape(dst.shape))
     return torch.from_numpy(out.reshape(t, n * h, n * w, c))
-
-
-def grid_source_view(grid: np.ndarray, arrangement: str) -> np.ndarray:
-    """A (T*, N, h, N, w, C) grid buffer seen in source-frame order: (N, N, T*, h, w, C) for the spatial arrangement,
-    (T*, N, N, h, w, C) for the temporal one, whose leading axes read in C order are the L = T* N^2 source frames (a
-    view; `time_grid`'s Eqs. 1-5 say which frame goes to which cell)."""
-    if arrangement == "spatial":  # source frame (r N + c) T* + t, as time_grid._TO_GRID["spatial"]
-        return grid.transpose(1, 3, 0, 2, 4, 5)
-    return grid.transpose(0, 1, 3, 2, 4, 5)  # temporal: source frame t N^2 + r N + c
 
 
 @dataclasses.dataclass(frozen=True)
@@ -366,10 +363,10 @@ def draw_crop(spec: ClipSpec, rng: np.random.Generator | None) -> CropDraw | Non
 
 
 def grid_buffer(spec: ClipSpec, box: transforms.Box, channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """An empty grid of crop-sized cells: (T*, N, h', N, w', C) uint8, and its `grid_source_view` to fill."""
+    """An empty grid of crop-sized cells: (T*, N, h', N, w', C) uint8, and its `time_grid.source_view` to fill."""
     n, (_, _, h, w) = spec.grid_n, box
     grid = np.empty((spec.num_frames, n, h, n, w, channels), dtype=np.uint8)
-    return grid, grid_source_view(grid, spec.arrangement)
+    return grid, time_grid.source_view(grid, spec.arrangement)
 
 
 def finish_grid(grid: np.ndarray, spec: ClipSpec, flip: bool) -> torch.Tensor:

@@ -21,9 +21,9 @@ Backend decisions (``backend="auto"``):
   decoded, and indices past that point are clamped to the last frame that decoded.
 - Intra-only H.264 (every packet a keyframe, timestamps in decode order; what `timemae shards` writes by default)
   decodes with `_IntraReader`: only the packets of the wanted frames go to the decoder, so a clip costs its own frames
-  and nothing else, wherever they lie in the video (64 frames spread over 250 at 170x128: 9 ms per clip on one core,
-  where decord, which seeks before every frame of such a stream, takes 150 ms, and decoding everything up to the last
-  wanted frame with PyAV 29 ms). Other intra-only codecs keep decord.
+  and nothing else, wherever they lie in the video (decord seeks before every frame of such a stream, and PyAV would
+  decode everything up to the last wanted frame; README "Clip loading" has the figures). Other intra-only codecs keep
+  decord.
 - ``short_side`` decodes at about that short side (both backends resize while converting to RGB): never upscaled,
   aspect ratio kept, both sides even. decord2 cannot produce frames of a few widths (`_decord_width_fails`): a resize
   target width moves by 2 px off them, and a video that is natively that wide decodes with PyAV.
@@ -56,7 +56,8 @@ import torch
 from av.video.reformatter import VideoReformatter
 from PIL import Image
 
-from data.errors import DecodeError, UserError
+from common.constants import IMAGE_EXTENSIONS, MODALITIES
+from common.errors import DecodeError, UserError
 from data.transforms import Box
 
 
@@ -87,9 +88,7 @@ decord = _import_decord()
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("rgb", "depth")
 BACKENDS = ("auto", "decord", "pyav")
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # Frame folders and .bin files carry no frame rate; the Kinect cameras behind the depth datasets record at 30 fps.
 ASSUMED_FPS = 30.0
 # PyAV format names of the containers in which decord's seeking was checked frame-exact (given the checks above).
@@ -158,8 +157,8 @@ def depth_to_uint8(depth: np.ndarray, max_depth: float | None = None) -> np.ndar
 def read_msr_bin(source: str | os.PathLike | bytes) -> np.ndarray:
     """Read an MSRAction3D depth ``.bin``.
 
-    Layout (shared/specs/datasets.md): int32 little-endian header (frames, width, height), then frames x height x width
-    int32 little-endian depth values, row-major.
+    Layout (the MSRAction3D release's format): int32 little-endian header (frames, width, height), then
+    frames x height x width int32 little-endian depth values, row-major.
 
     Args:
         source: a path, or the file's bytes.
@@ -289,10 +288,10 @@ class Video:
 
         `get_batch` of the union of the clips' indices followed by one copy of the crops per clip, fused: the intra
         reader (RGB) writes the crops of each frame as it converts the frame, so the whole frames are never stored and
-        no second pass reads them back (an N = 2 clip from a 240p shard: 0.1-0.25 ms less outside decoding, up to
-        0.5 ms less CPU in all; `timemae bench-loader`). Other backends and depth decode with `get_batch` and copy.
+        no second pass reads them back (measured by `timemae bench-loader`). Other backends and depth decode with
+        `get_batch` and copy.
         A buffer may be any strided view, such as a TIME grid buffer seen in source-frame order
-        (`data.clip.grid_source_view`), which no reshape to ``(L, h, w, 3)`` could give.
+        (`data.time_grid.source_view`), which no reshape to ``(L, h, w, 3)`` could give.
 
         Args:
             clips: ``(indices, box, out)`` per clip: (L,) frame indices in [0, num_frames) in any order, repeats
@@ -839,7 +838,7 @@ def _to_rgb(reformatter: VideoReformatter, frame: av.VideoFrame, width: int, hei
     """(height, width, 3) uint8 RGB of a decoded frame, resized when its size differs.
 
     One `VideoReformatter` per reader: ``frame.to_ndarray(format=...)`` builds a new swscale context for every frame,
-    which costs more than the conversion itself at the sizes stored in shards (measured 2.6x slower at 170x128).
+    which costs more than the conversion itself at the sizes stored in shards.
     """
     if (frame.width, frame.height) == (width, height):
         return reformatter.reformat(frame, format="rgb24").to_ndarray()
@@ -934,9 +933,9 @@ class _FolderReader(_Reader):
     def __init__(self, src: _Source, modality: str, size_for: Callable[[int, int], tuple[int, int]] | None) -> None:
         self._name = src.name
         self._depth = modality == "depth"
-        names = [n for n in os.listdir(src.path) if n.lower().endswith(IMAGE_SUFFIXES)]
+        names = [n for n in os.listdir(src.path) if n.lower().endswith(IMAGE_EXTENSIONS)]
         if not names:
-            raise DecodeError(f"{src.name}: folder holds no {'/'.join(IMAGE_SUFFIXES)} frames")
+            raise DecodeError(f"{src.name}: folder holds no {'/'.join(IMAGE_EXTENSIONS)} frames")
         self._files = [os.path.join(src.path, n) for n in sorted(names, key=_natural_key)]
         self.num_frames = len(self._files)
         self.fps = ASSUMED_FPS
@@ -1006,8 +1005,8 @@ class _BinReader(_Reader):
 class _DecodeThread:
     """A long-lived daemon thread that runs one calling thread's decodes, one at a time.
 
-    Reused across decodes: starting a thread per clip cost ~0.3 ms of CPU per clip in `timemae bench-loader` (thread
-    start-up, and fresh malloc arenas for the frames), a tenth of the work outside decoding.
+    Reused across decodes: starting a thread per clip costs CPU on every clip (thread start-up, and fresh malloc arenas
+    for the frames), a visible share of the work outside decoding in `timemae bench-loader`.
     """
 
     def __init__(self) -> None:
@@ -1064,7 +1063,7 @@ def decode_with_timeout(fn: Callable[[], T], timeout_s: float | None, *, what: s
         runner = _decode_threads.runner = _DecodeThread()
     box: dict[str, Any] = {}
     # A held lock that the decode thread releases when done: waiting on it is one C call, where an Event's wait runs a
-    # Condition's Python code on both sides (~0.05 ms per decode, with the caches cold after decoding).
+    # Condition's Python code on both sides (slow with the caches cold after decoding).
     done = threading.Lock()
     done.acquire()
     runner.jobs.put((fn, box, done))
@@ -1108,8 +1107,8 @@ def keep_freed_memory() -> bool:
 
     A loader worker allocates and frees the same large blocks for every clip (decoded frames, about 4 MB; the float
     clip, 9.6 MB at 16 x 224 x 224). With glibc's default, blocks that large come from fresh ``mmap`` pages, or are
-    trimmed off the heap when freed, so every clip page-faults its buffers in again: 0.5-0.8 ms per N = 2 clip on one
-    core, a quarter of everything besides decoding. Raising the mmap threshold to 64 MiB and the trim threshold to
+    trimmed off the heap when freed, so every clip page-faults its buffers in again, a large share of everything
+    besides decoding. Raising the mmap threshold to 64 MiB and the trim threshold to
     256 MiB keeps the blocks in the heap (at most 256 MiB of freed memory stays with the process).
 
     Returns:

@@ -84,7 +84,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from data.errors import UserError
+from common.errors import UserError
+from common.files import atomic_write_text
 from data.manifest import Record, read_manifest, write_manifest
 
 CLASSES: tuple[str, ...] = (
@@ -568,9 +569,7 @@ def _has_any_stamp(root: Path) -> bool:
 
 
 def _write_stamp(root: Path, stamp: dict) -> None:
-    tmp = root / (STAMP + ".tmp")
-    tmp.write_text(json.dumps(stamp, indent=2) + "\n")
-    os.replace(tmp, root / STAMP)
+    atomic_write_text(root / STAMP, json.dumps(stamp, indent=2) + "\n")
 
 
 def _prepare_out_dir(root: Path) -> None:

@@ -15,20 +15,22 @@ Format (UTF-8, comma-separated, header required; column names are case-insensiti
 
 Blank lines and lines starting with ``#`` are skipped; unknown extra columns are ignored (they may carry the user's
 own metadata). Files are not opened here: `timemae check` decodes every row.
-Every problem raises `data.errors.UserError` with one line naming the file, the line and the fix.
+Every problem raises `common.errors.UserError` with one line naming the file, the line and the fix.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from data.errors import UserError
+from common.constants import MODALITIES
+from common.errors import UserError
+from common.files import atomic_write_text
 
 COLUMNS = ("path", "label", "class_name", "subject", "view", "episode", "split", "modality")
-MODALITIES = ("rgb", "depth")
 _INT_COLUMNS = ("subject", "view", "episode")
 _HEADER_HINT = "expected header path,label[,class_name,subject,view,episode,split,modality]"
 
@@ -251,18 +253,15 @@ def write_manifest(records: Iterable[Record], path: str | os.PathLike) -> None:
     if os.path.isdir(path):
         raise UserError(f"manifest path {path} is a folder; pass a file name such as {os.path.join(path, 'm.csv')}")
     folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(COLUMNS)
+    for r in records:
+        writer.writerow([r.path, r.label, r.class_name, r.subject, r.view, r.episode, r.split, r.modality])
     try:
         os.makedirs(folder, exist_ok=True)
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(COLUMNS)
-            for r in records:
-                writer.writerow([r.path, r.label, r.class_name, r.subject, r.view, r.episode, r.split, r.modality])
-        os.replace(tmp, path)
+        atomic_write_text(path, text.getvalue())
     except OSError as err:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         raise UserError(f"cannot write manifest {path} ({err.strerror}); choose another output path") from None
 
 

@@ -2,7 +2,8 @@
 
 One builder per dataset, each ``build_X(root, split, *, modality, ...) -> list[Record]`` with ``split`` set to
 "train" / "test" on every record; `build_manifest` is the single entry point (name and split validation, partition
-filter) used by ``timemae manifest`` and ``timemae shards --preset``. Protocols follow ../shared/specs/datasets.md.
+filter) used by ``timemae manifest`` and ``timemae shards --preset``. Each builder's docstring states its
+dataset's protocol (subjects, views, splits).
 
 Finding samples in stem-named datasets (UWA3D, MSRAction3D, Action Pairs, NTU): the tree under ``root`` is walked
 and every file or folder whose name, minus one modality suffix (``_rgb``, ``_depth``, ``_sdepth``), matches the
@@ -35,13 +36,12 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from data.errors import UserError
-from data.manifest import MODALITIES, Record, read_manifest, write_manifest
+from common.constants import IMAGE_EXTENSIONS, MODALITIES, VIDEO_EXTENSIONS
+from common.errors import UserError
+from data.manifest import Record, read_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v")
-IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 PARTITIONS = ("train", "test", "all")
 
 # TIME paper Table 3 column order: (split name, training views, testing view).
@@ -121,7 +121,7 @@ def _first_image(folder: str) -> str | None:
     try:
         with os.scandir(folder) as entries:
             for entry in entries:
-                if not entry.name.startswith(".") and entry.name.lower().endswith(IMAGE_EXTS) and entry.is_file():
+                if not entry.name.startswith(".") and entry.name.lower().endswith(IMAGE_EXTENSIONS) and entry.is_file():
                     return entry.path
     except OSError:
         return None
@@ -188,7 +188,7 @@ def _scan(root: str, regex: re.Pattern[str]) -> dict[str, dict[str, list[tuple[i
             if ext == ".bin":
                 base, _ = _strip_suffix(stem)
                 modality, rank = "depth", _RANK_VIDEO
-            elif ext in VIDEO_EXTS:
+            elif ext in VIDEO_EXTENSIONS:
                 base, modality = _strip_suffix(stem)
                 modality = modality or hint or "rgb"
                 rank = _RANK_VIDEO if modality == "rgb" else _RANK_DEPTH_VIDEO
@@ -400,8 +400,8 @@ class _Locator:
         if os.path.exists(path):
             return path
         stem, ext = os.path.splitext(path)
-        if ext.lower() in VIDEO_EXTS:
-            for other in VIDEO_EXTS:
+        if ext.lower() in VIDEO_EXTENSIONS:
+            for other in VIDEO_EXTENSIONS:
                 if os.path.isfile(stem + other):
                     return stem + other
             if os.path.isdir(stem):

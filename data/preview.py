@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from common.errors import UserError
 from data.clip import ClipSpec, load_clip
 from data.decode import open_video
-from data.errors import UserError
 
 
 def contact_sheet(frames: torch.Tensor, columns: int | None = None, gap: int = 4) -> np.ndarray:

@@ -11,7 +11,7 @@ Indices are 0-based and always sorted, so a decoder can read them in one forward
 Randomness comes from a ``numpy.random.Generator`` or as uniform variates in [0, 1) drawn in advance (one per frame
 for segment sampling, one for stride sampling): `data.stream.decode_clips` draws them in the caller's thread and samples
 in its decode thread, which must not touch the caller's generator (an abandoned decode goes on in the background), for
-a fraction of the cost of seeding a generator for every decode (0.1 ms per clip).
+a fraction of the cost of seeding a generator for every decode.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def segment_indices(
 ) -> np.ndarray:
     """TIME / TSN segment sampling of ``length`` frames from a video of ``num_frames`` frames.
 
-    Spec decisions (shared/specs/time-layer.md, "Source frames"):
+    Decisions (the TIME paper says only "sample L frames"):
     - short video (num_frames < length): order-preserving repetition ``idx[i] = floor(i * T / L)``, so every frame
       appears, in order, about L / T times;
     - otherwise split [0, T) into L equal segments ``[floor(i T / L), floor((i + 1) T / L))`` and take a uniformly

@@ -23,11 +23,9 @@ gives the short side at which even the smallest multi-scale training crop still 
 (170 for N = 2, 340 for N = 1 at 224); a stored video smaller than that is decoded at its own size, never upscaled.
 
 GOP: 1 by default, every frame an IDR keyframe, which `data.decode` decodes packet by packet: a clip costs exactly
-its own frames wherever they lie, and no seeking. Measured with ``timemae bench-loader --gop-sweep`` (64 frames
-spread over the 250 of bikes.mp4 re-encoded to 320x240, stored at 170x128, one core): decode 9.6 ms per clip at
-GOP 1, 119 / 94 / 59 / 37 ms at GOP 2 / 4 / 8 / 16 (decord, which seeks to the keyframe before each wanted frame
-and decodes the frames between); from a 1280x720 source 12.0 ms vs 38.6 ms at GOP 16. The price is size: 2.3 kB per
-170x128 frame, 1.9x GOP 16.
+its own frames wherever they lie, and no seeking; with longer GOPs every wanted frame costs a seek to its keyframe
+and the frames between. The price is size (about twice GOP 16's bytes). ``timemae bench-loader --gop-sweep``
+measures both; README "Clip loading" records the figures with their machine.
 
 Every input is checked before it is written (exists, non-empty, every frame decodes, has >= 1 frame); bad ones go to
 ``quarantine.csv`` with the reason and never into a shard. `check_records` (``timemae check``) runs exactly this
@@ -73,8 +71,10 @@ from av.video.reformatter import VideoReformatter
 from PIL import Image
 from tqdm import tqdm
 
+from common.constants import IMAGE_EXTENSIONS
+from common.errors import DecodeError, UserError
+from common.files import atomic_write_text
 from data import decode
-from data.errors import DecodeError, UserError
 from data.manifest import Record, class_names, read_manifest, write_manifest
 
 DEFAULT_SHARD_SAMPLES = 500
@@ -207,7 +207,7 @@ def encode_h264(
                     stream.codec_context.gop_size = gop
                     # threads=1: identical bytes on every machine (and the pool already uses the cores); bf=0 and
                     # a fixed keyint without scene cuts make random access cost predictable; cabac=0 (CAVLC):
-                    # decoding 64 intra frames measured 1.5x faster for 4% more bytes (see DEFAULT_GOP).
+                    # intra frames decode faster for a few % more bytes (see DEFAULT_GOP).
                     stream.options = {
                         "crf": str(X264_CRF),
                         "preset": X264_PRESET,
@@ -362,7 +362,7 @@ _GRAY_IMAGE_MODES = ("1", "L", "LA", "La", *_DEEP_IMAGE_MODES)
 
 def _image_mode(folder: str) -> str:
     """PIL mode of the first frame of a frame folder (its frames share one format)."""
-    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(decode.IMAGE_SUFFIXES))
+    names = sorted(n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTENSIONS))
     with Image.open(os.path.join(folder, names[0])) as img:
         return img.mode
 
@@ -636,19 +636,6 @@ class _ShardSink:
         self._writer = self._file = None
 
 
-def _write_text(path: str, text: str) -> None:
-    """Write a whole file under a temporary name and rename it, so a failed write leaves no part of it behind."""
-    tmp = f"{path}.tmp"
-    try:
-        with open(tmp, "w", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-
-
 def _prepare_out_dir(out_dir: str, prefix: str, overwrite: bool) -> list[str]:
     """Create ``out_dir`` and prove a file can be written in it (a probe, removed again).
 
@@ -689,7 +676,7 @@ def write_quarantine(bad: Sequence[tuple[Record, str]], path: str) -> None:
     w.writerow(QUARANTINE_FIELDS)
     for record, reason in bad:
         w.writerow([record.path, record.label, record.modality, " ".join(reason.split())])
-    _write_text(path, buf.getvalue())
+    atomic_write_text(path, buf.getvalue())
 
 
 def write_shards(
@@ -803,7 +790,7 @@ def write_shards(
     }
     index_path = os.path.join(out_dir, "index.json")
     try:
-        _write_text(index_path, json.dumps(index, indent=1, sort_keys=True) + "\n")
+        atomic_write_text(index_path, json.dumps(index, indent=1, sort_keys=True) + "\n")
     except OSError as err:
         raise _write_failed(err, index_path, out_dir, sink.complete) from None
     return index

@@ -51,6 +51,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from common.dist import is_distributed
+from common.errors import DecodeError, UserError
 from data import decode
 from data.clip import (
     ClipSpec,
@@ -63,7 +65,6 @@ from data.clip import (
     sample_indices,
     sampling_uniforms,
 )
-from data.errors import DecodeError, UserError
 from data.sampling import union_indices
 
 log = logging.getLogger(__name__)
@@ -220,7 +221,7 @@ def dist_info(rank: int | None = None, world_size: int | None = None) -> tuple[i
     """(rank, world size): as given, else from torch.distributed if initialised, else env RANK/WORLD_SIZE, else 0/1."""
     if rank is not None and world_size is not None:
         got = (int(rank), int(world_size))
-    elif torch.distributed.is_available() and torch.distributed.is_initialized():
+    elif is_distributed():
         got = (torch.distributed.get_rank(), torch.distributed.get_world_size())
     else:
         got = (int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)))

@@ -9,27 +9,27 @@ The L = T* x N^2 source frames (already resized to one cell) are tiled into T* f
   row-major order: cell (r, c) holds frame ``t N^2 + r N + c``.
 
 N = 1 is the identity (ordinary frame sampling). No file access and no randomness here.
+
+One implementation serves the tests and the loaders: `source_view` says where each source frame sits in a grid
+buffer, and both `to_grid` (tensors, for tests and tools) and the loaders' copy into a grid buffer
+(`data.clip.grid_buffer`, `data.decode.Video.get_crops`) fill that view.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
-from einops import rearrange
 
 ARRANGEMENTS = ("spatial", "temporal")
 
-# Source frames are (L, C, h, w) with L ordered as (block, index-within-block). Spatial: blocks are the N^2 cells
-# (r c) and the index within a block is the output time t. Temporal: blocks are the output times t, and the index
-# within a block is the cell (r c).
-_TO_GRID = {
-    "spatial": "(r c t) ch h w -> t ch (r h) (c w)",
-    "temporal": "(t r c) ch h w -> t ch (r h) (c w)",
-}
-_FROM_GRID = {
-    "spatial": "t ch (r h) (c w) -> (r c t) ch h w",
-    "temporal": "t ch (r h) (c w) -> (t r c) ch h w",
+# A grid buffer is held as (T*, N, h, N, w, ...): output time, cell row, pixel row, cell column, pixel column, then
+# any trailing axes (channels). Under this order of its first five axes, its leading three read in C order count the
+# L source frames: spatial, frame (r N + c) T* + t is axes (r, c, t); temporal, frame t N^2 + r N + c is (t, r, c).
+_SOURCE_AXES = {
+    "spatial": (1, 3, 0, 2, 4),
+    "temporal": (0, 1, 3, 2, 4),
 }
 
 
@@ -55,6 +55,15 @@ def source_index(t: int, r: int, c: int, *, grid_n: int, num_frames: int, arrang
     return t * grid_n * grid_n + r * grid_n + c
 
 
+def source_view(grid, arrangement: str):
+    """A (T*, N, h, N, w, ...) grid buffer (numpy array or tensor) seen in source-frame order: a view of shape
+    (N, N, T*, h, w, ...) (spatial) or (T*, N, N, h, w, ...) (temporal) whose leading three axes, read in C order,
+    are the L = T* N^2 source frames. Writing the frames into it builds the grid (Eqs. 1-5); reading it inverts."""
+    _check_arrangement(arrangement)
+    axes = (*_SOURCE_AXES[arrangement], *range(5, grid.ndim))
+    return grid.transpose(axes) if isinstance(grid, np.ndarray) else grid.permute(axes)
+
+
 def to_grid(frames: torch.Tensor, grid_n: int, arrangement: str = "spatial") -> torch.Tensor:
     """Tile source frames into TIME frames.
 
@@ -72,7 +81,11 @@ def to_grid(frames: torch.Tensor, grid_n: int, arrangement: str = "spatial") -> 
         raise ValueError(f"{frames.shape[0]} frames do not fill whole {grid_n}x{grid_n} grids")
     if grid_n == 1:
         return frames
-    return rearrange(frames, _TO_GRID[arrangement], r=grid_n, c=grid_n)
+    length, channels, h, w = frames.shape
+    out = frames.new_empty((length // cells, grid_n, h, grid_n, w, channels))  # channel-last grid buffer
+    view = source_view(out, arrangement)
+    view.copy_(frames.permute(0, 2, 3, 1).reshape(view.shape))
+    return out.view(length // cells, grid_n * h, grid_n * w, channels).permute(0, 3, 1, 2).contiguous()
 
 
 def from_grid(grid: torch.Tensor, grid_n: int, arrangement: str = "spatial") -> torch.Tensor:
@@ -82,4 +95,7 @@ def from_grid(grid: torch.Tensor, grid_n: int, arrangement: str = "spatial") -> 
         raise ValueError(f"grid of {tuple(grid.shape[-2:])} pixels is not divisible into {grid_n}x{grid_n} cells")
     if grid_n == 1:
         return grid
-    return rearrange(grid, _FROM_GRID[arrangement], r=grid_n, c=grid_n)
+    t, channels, height, width = grid.shape
+    cells = grid.permute(0, 2, 3, 1).reshape(t, grid_n, height // grid_n, grid_n, width // grid_n, channels)
+    frames = source_view(cells, arrangement).reshape(t * grid_n * grid_n, height // grid_n, width // grid_n, channels)
+    return frames.permute(0, 3, 1, 2).contiguous()

@@ -22,8 +22,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as tvf
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from common.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: F401 - re-exported: the clip code's defaults
 
 # A crop box: (top, left, height, width) in source pixels.
 Box = tuple[int, int, int, int]
@@ -121,8 +120,8 @@ def resize(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Antialiased bilinear resize of every frame: (L, C, H, W) uint8 -> (L, C, *size) uint8.
 
     Batches of CPU uint8 or float frames go straight to ``interpolate``, the kernel torchvision's ``resize`` ends in
-    (same pixels): its layers of argument handling cost 0.1-0.15 ms per clip in a loader worker, where the caches are
-    cold after each decode. Other inputs take torchvision's path.
+    (same pixels): its layers of argument handling are a noticeable share of a loader worker's time per clip, where the
+    caches are cold after each decode. Other inputs take torchvision's path.
     """
     if tuple(frames.shape[-2:]) == tuple(size):
         return frames

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from data.errors import UserError
+from common.errors import UserError
 
 FEATURE_CHANNELS = 8
 
@@ -164,7 +164,7 @@ def _figure(rows: list[tuple[str, list[np.ndarray], str | None]], path: str, tit
         axes[r][0].set_ylabel(label, fontsize=7)
     fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    from launch.checkpoint import atomic_write_figure
+    from common.files import atomic_write_figure
 
     atomic_write_figure(fig, path, dpi=100)
 
@@ -179,10 +179,11 @@ def _overlay(frame: np.ndarray, heat: np.ndarray) -> np.ndarray:
 def attention(checkpoint: str, video: str, out_dir: str, *, compare: str = "", feature_maps_too: bool = False,
               max_frames: int = 8, **overrides: Any) -> dict[str, Any]:
     """Write the pictures and ``attention.json`` (see the module docstring); returns what was written."""
+    from common.files import atomic_write_text
     from data.clip import ClipSpec, as_model_input, load_clip
     from data.decode import open_video
     from finetune.features import load_model
-    from launch.checkpoint import atomic_write_text, check_writable
+    from launch.checkpoint import check_writable
     from models import get_entry
 
     if not os.path.exists(video):

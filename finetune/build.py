@@ -9,14 +9,14 @@ import os
 import tarfile
 from collections.abc import Callable, Iterator
 
+from common.errors import UserError
 from data.clip import ClipSpec
-from data.errors import UserError
 from data.stream import ShardDataset, iter_tar, make_loader, resolve_shards
 from finetune.config import FinetuneConfig
 from finetune.holdout import Holdout, carve
 from launch.fields import validate_common
 from launch.trainer import Trainer, check_modality
-from models import build_classifier
+from models import build_classifier, check_input
 
 
 def validate(cfg: FinetuneConfig, family: str) -> None:
@@ -28,10 +28,7 @@ def validate(cfg: FinetuneConfig, family: str) -> None:
         raise UserError(f"--test-crops {cfg.test_crops} is not 1 or 3; use 1 (centre) or 3 (along the long side)")
     if cfg.num_classes < 0 or cfg.eval_every < 0:
         raise UserError("--num-classes and --eval-every must be >= 0 (0 = default)")
-    if family != "resnet" and cfg.input_size % 16:
-        raise UserError(f"--input-size {cfg.input_size} is not divisible by the patch size 16; use e.g. 224 or 112")
-    if family == "videomae" and cfg.num_frames % 2:
-        raise UserError(f"--num-frames {cfg.num_frames} is not divisible by the tubelet size 2; use e.g. 16")
+    check_input(cfg.model, cfg.num_frames, cfg.input_size)
     if family != "resnet" and cfg.temporal != "none":
         raise UserError(f"--temporal {cfg.temporal} inserts into ResNet blocks; --model {cfg.model} takes none (use "
                         "--temporal none, or --model resnet50)")

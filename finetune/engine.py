@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from common.dist import is_distributed
 from data.clip import as_model_input
 from finetune import report
 from finetune.config import Derived, FinetuneConfig
@@ -199,7 +200,7 @@ class FinetuneStage(StageHooks):
         return {"best": dict(self.best), "selection": selection_flags(self.cfg)}
 
     def load_client_state(self, state: dict) -> str:
-        from data.errors import UserError
+        from common.errors import UserError
 
         saved = state.get("selection")
         if saved is not None and saved != selection_flags(self.cfg):
@@ -271,8 +272,7 @@ def run_eval(module, evalset: EvalSet, trainer, d: Derived, step: int, folder: s
 def save_best(state: dict | None, cfg: FinetuneConfig, best: dict) -> None:
     """``best.pth`` (the classifier's fp32 state dict, loadable with --init-from) and ``best.json``, atomically;
     rank 0 only (the others pass ``state=None``). ``best``: the chosen step's record (`FinetuneStage.best`)."""
-    from launch.checkpoint import atomic_write_text
-    from models.checkpoint import atomic_save
+    from common.files import atomic_save, atomic_write_text
 
     if state is None:
         return
@@ -289,7 +289,7 @@ def save_best(state: dict | None, cfg: FinetuneConfig, best: dict) -> None:
 def write_final(cfg: FinetuneConfig, best: dict) -> None:
     """The run's result, ``metrics.json``: the reported split's numbers at the chosen step, which weights they are
     and how they were chosen (rank 0, after the last evaluation)."""
-    from launch.checkpoint import atomic_write_text
+    from common.files import atomic_write_text
 
     if not best["evaluations"]:
         return
@@ -309,7 +309,7 @@ def write_final(cfg: FinetuneConfig, best: dict) -> None:
 
 
 def _gather(obj: Any) -> list[Any]:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if is_distributed():
         out: list[Any] = [None] * torch.distributed.get_world_size()
         torch.distributed.all_gather_object(out, obj)
         return out

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data.errors import UserError
+from common.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 # name -> (grid N, arrangement, temporal module)
@@ -80,7 +80,7 @@ def run_setting(name: str, out: Path, demo: Path, args: argparse.Namespace, extr
 
 def write_table(rows: list[dict[str, Any]], out: Path, chance: float, title: str) -> str:
     """table.csv, table.md and table.png; returns the markdown table."""
-    from launch.checkpoint import atomic_write_text
+    from common.files import atomic_write_text
 
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
@@ -110,7 +110,7 @@ def write_table(rows: list[dict[str, Any]], out: Path, chance: float, title: str
     ax.tick_params(axis="x", labelsize=7, rotation=20)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    from launch.checkpoint import atomic_write_figure
+    from common.files import atomic_write_figure
 
     atomic_write_figure(fig, str(out / "table.png"), dpi=110)
     return text

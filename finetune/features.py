@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.errors import UserError
+from common.errors import UserError
+from common.files import atomic_write
 
 KNN_K = 20
 PROBE_L2 = 1e-3
@@ -185,10 +186,8 @@ def extract(checkpoint: str, data: str, out: str, *, clips: int = 2, layer: str 
     meta = {"checkpoint": checkpoint, "model": config["model"], "layer": layer or "pre_logits",
             "pool": pool if layer else "model", "clips": clips, "weights": loaded}
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = f"{out}.tmp.npz"
-    np.savez(tmp, features=features, labels=np.array([labels[k] for k in keys]), keys=np.array(keys),
-             meta=np.array(json.dumps(meta)))
-    os.replace(tmp, out)
+    atomic_write(out, lambda fh: np.savez(fh, features=features, labels=np.array([labels[k] for k in keys]),
+                                          keys=np.array(keys), meta=np.array(json.dumps(meta))))
     return {"videos": len(keys), "dim": features.shape[1], "seconds": time.perf_counter() - start}
 
 
@@ -308,7 +307,7 @@ def _probe_run(args: argparse.Namespace) -> int:
         label = {"linear": "linear probe", "knn": f"k-NN (k={KNN_K})", "chance": "chance"}[name]
         print(f"{label:<14} top-1 {r['top1']:.4f}  mean class acc {r['mean_class_acc']:.4f}")
     if args.out:
-        from launch.checkpoint import atomic_write_text
+        from common.files import atomic_write_text
 
         atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     return 0

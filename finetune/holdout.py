@@ -14,7 +14,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 
-from data.errors import DecodeError
+from common.errors import DecodeError
 from data.stream import read_record, scan_tar
 
 

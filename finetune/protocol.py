@@ -38,8 +38,8 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 
+from common.errors import UserError
 from data import presets
-from data.errors import UserError
 from data.manifest import Record, read_manifest, write_manifest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -542,7 +542,7 @@ def bar_chart(protocol: Protocol, rows: Sequence[dict], modality: str, path: str
     ax.set_ylabel("top-1 (%)")
     ax.set_title(f"{protocol.name} ({modality})", fontsize=9)
     fig.tight_layout()
-    from launch.checkpoint import atomic_write_figure
+    from common.files import atomic_write_figure
 
     atomic_write_figure(fig, str(path), dpi=120)
 

@@ -4,11 +4,11 @@ Every value is a flag (`finetune.config.FinetuneConfig`); a flag given on the co
 over the recipe. `resolve` returns the effective config (a new object) and the values the recipe filled in, which
 the run logs in ``derived.json`` next to the flags.
 
-* ``videomae`` (the VideoMAE ViTs): the official VideoMAE fine-tuning recipe (shared/specs/videomae.md): AdamW, base
+* ``videomae`` (the VideoMAE ViTs): the official VideoMAE fine-tuning recipe (the release's scripts): AdamW, base
   lr 1e-3 per 256 clips, layer decay 0.75, weight decay 0.05, drop path 0.1, 5 warm-up epochs then cosine to 1e-6,
   label smoothing 0.1, mixup 0.8 / CutMix 1.0, RandAugment and random erasing 0.25, random resized crop.
 * ``resnet`` (TSN ResNets, with or without a temporal module): the TSN recipe of the STW / TRM / ATR papers
-  (shared/specs/stw.md, atr.md): SGD with momentum 0.9, lr 0.01 per 64 clips (base 0.04 per 256), weight decay 5e-4,
+  (their training sections): SGD with momentum 0.9, lr 0.01 per 64 clips (base 0.04 per 256), weight decay 5e-4,
   50 epochs with the lr divided by 10 at epochs 30, 40 and 45 (STW's schedule), no warm-up, dropout 0.5 before the
   fc, gradient-norm clip 20, multi-scale crop, no mixup, RandAugment, erasing or label smoothing.
 * ``vit`` (the image ViT-B/16, TSN-style): the papers give no recipe for it. Decision: the VideoMAE fine-tuning

@@ -24,7 +24,7 @@ import os
 
 import numpy as np
 
-from launch.checkpoint import atomic_write_bytes, atomic_write_text
+from common.files import atomic_write_bytes, atomic_write_text
 
 __all__ = ["VideoScores", "class_labels", "confusion_matrix", "summarise", "write_reports"]
 

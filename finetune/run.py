@@ -20,8 +20,9 @@ if __package__ in (None, ""):  # run as a script: import the packages, not this 
 
 import json  # noqa: E402
 
+from common.errors import UserError  # noqa: E402
+from common.files import atomic_write_text  # noqa: E402
 from data.clip import ClipSpec  # noqa: E402
-from data.errors import UserError  # noqa: E402
 from finetune import recipes  # noqa: E402
 from finetune.build import (  # noqa: E402
     build_model,
@@ -37,7 +38,6 @@ from finetune.build import (  # noqa: E402
 from finetune.config import FinetuneConfig, derive  # noqa: E402
 from finetune.engine import EvalSet, FinetuneStage, run_eval  # noqa: E402
 from launch import config as config_lib  # noqa: E402
-from launch.checkpoint import atomic_write_text  # noqa: E402
 from launch.trainer import Trainer, entry  # noqa: E402
 from models import get_entry  # noqa: E402
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from data.errors import UserError
+from common.errors import UserError
 from models.registry import build_classifier, get_entry
 from models.temporal import TRM
 

@@ -28,40 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.errors import UserError
+from common.errors import UserError
+from common.files import atomic_save, atomic_write_bytes, atomic_write_figure, atomic_write_text  # noqa: F401
 from launch import distributed
-from models.checkpoint import atomic_save, load_file
+from models.checkpoint import load_file
 
 log = logging.getLogger(__name__)
 
 PREFIX = "step_"
-
-
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """``path`` holds its old content or all of ``data``, on disk (a synced temporary file renamed over it)."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_figure(fig: Any, path: str, dpi: int = 100) -> None:
-    """A matplotlib figure as PNG at ``path`` (`atomic_write_bytes`); the figure is closed."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    """`atomic_write_bytes` of ``text`` in UTF-8."""
-    atomic_write_bytes(path, text.encode())
 
 
 def check_writable(folder: str, flag: str = "--output-dir") -> None:

@@ -4,7 +4,7 @@ Each subcommand lives in a module that exposes ``CLI = {name: (add_arguments, ru
 declares the flags and ``run(args) -> int`` does the work. Modules are imported only when their command runs, so
 ``timemae --help`` is instant and one broken optional dependency cannot take down every command.
 
-Bad input raises `data.errors.UserError` (or `DecodeError` for a video the user named that cannot be decoded); it is
+Bad input raises `common.errors.UserError` (or `DecodeError` for a video the user named that cannot be decoded); it is
 printed as one line and the process exits with code 2.
 """
 
@@ -14,7 +14,7 @@ import argparse
 import importlib
 import sys
 
-from data.errors import DecodeError, UserError, one_line
+from common.errors import DecodeError, UserError, one_line
 
 # name -> (module, one-line help). The order is the order `timemae --help` lists them in.
 COMMANDS: dict[str, tuple[str, str]] = {

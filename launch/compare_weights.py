@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from data.errors import UserError
+from common.errors import UserError
 
 _INDEX = re.compile(r"\.(\d+)\.")
 
@@ -114,7 +114,7 @@ def draw(rows: list[dict[str, Any]], path: str, title: str) -> None:
     handles = [plt.Rectangle((0, 0), 1, 1, color=colour[t]) for t in types]
     ax.legend(handles, [f"{t} ({means[t]:.3f})" for t in types], fontsize=6, loc="lower left", framealpha=0.9)
     fig.tight_layout()
-    from launch.checkpoint import atomic_write_figure
+    from common.files import atomic_write_figure
 
     atomic_write_figure(fig, path, dpi=110)
 
@@ -126,7 +126,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from launch.checkpoint import atomic_write_text, check_writable
+    from common.files import atomic_write_text
+    from launch.checkpoint import check_writable
 
     check_writable(args.out, "--out")
     rows = compare(load_weights(args.a), load_weights(args.b), (args.a, args.b))

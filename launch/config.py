@@ -2,7 +2,7 @@
 
 Precedence: dataclass defaults < ``--config run.yaml`` < command line. Field ``mask_ratio`` is flag ``--mask-ratio``;
 its help text is the field's ``metadata["help"]``. Unknown YAML keys and values of the wrong type are errors
-(`data.errors.UserError`: one line, exit code 2), never silently ignored.
+(`common.errors.UserError`: one line, exit code 2), never silently ignored.
 
 Supported field types: bool (``--flag`` / ``--no-flag``), int, float, str, their ``| None`` forms, tuples of
 int/float/str (``--betas 0.9 0.95``), and ``Literal``-like choices given in ``metadata["choices"]``.
@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from data.errors import UserError
+from common.errors import UserError
 
 
 def field(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - "help" reads best at the call site
@@ -155,7 +155,7 @@ def dump_yaml(cfg: Any, path: str) -> None:
 def write_run_files(output_dir: str, cfg: Any, ds_config: dict, derived: Any) -> None:
     """The run folder's record of a run (rank 0 only): ``config.yaml`` (the resolved flags), ``ds_config.json`` and
     ``derived.json`` (the values computed from them: global batch, lr, steps, ...)."""
-    from launch.checkpoint import atomic_write_text
+    from common.files import atomic_write_text
 
     os.makedirs(output_dir, exist_ok=True)
     dump_yaml(cfg, os.path.join(output_dir, "config.yaml"))

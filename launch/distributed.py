@@ -19,6 +19,8 @@ import sys
 
 import torch
 
+from common.dist import is_distributed
+
 
 @dataclasses.dataclass(frozen=True)
 class DistInfo:
@@ -126,7 +128,7 @@ def init(info: DistInfo) -> torch.device:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
-    if not torch.distributed.is_initialized():
+    if not is_distributed():
         deepspeed.init_distributed(dist_backend=backend, verbose=False)
         _release_deepspeed_shm_buffer(info)
     return device
@@ -150,7 +152,7 @@ def _release_deepspeed_shm_buffer(info: DistInfo) -> None:
 
 def barrier() -> None:
     """Wait for every rank (no-op in one process). Under NCCL it names this rank's GPU, so NCCL need not guess it."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not is_distributed():
         return
     if torch.distributed.get_backend() == "nccl":
         torch.distributed.barrier(device_ids=[torch.cuda.current_device()])
@@ -160,7 +162,7 @@ def barrier() -> None:
 
 def shutdown() -> None:
     """Tear the process group down at the end of a run (NCCL warns about, and may leak, one left open)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if is_distributed():
         torch.distributed.destroy_process_group()
 
 
@@ -182,7 +184,7 @@ def exit_now(code: int) -> None:
 def rank_map(info: DistInfo, device: torch.device) -> list[tuple[str, int, int, str]]:
     """(host, rank, local rank, device) of every rank, gathered on all ranks."""
     mine = (socket.gethostname(), info.rank, info.local_rank, str(device))
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not is_distributed():
         return [mine]
     out: list = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(out, mine)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from data.errors import UserError
+from common.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
@@ -64,7 +64,7 @@ def make_ds_config(
     skip the step on one. Off by default, as in torch's own bf16 autocast (no grad scaler): bf16 has fp32's exponent
     range, so gradients do not overflow the way fp16 ones do, and a diverging run shows a non-finite loss, which the
     training step catches on every rank. The scan costs two reductions and several kernel launches per parameter
-    tensor: at ViT-B, ZeRO-2 on one H100, it held the step to 240 clips/s against 327 without it (README "On a GPU").
+    tensor, which slows a ViT-B step on an H100 by about a quarter (README "On a GPU" has the figures).
     """
     if zero_stage not in (0, 1, 2, 3):
         raise UserError(f"--zero-stage {zero_stage} is unknown; use 0, 1, 2 or 3")

@@ -14,9 +14,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 from typing import Any
 
-from data.errors import UserError
+from common.errors import UserError
 from launch.config import field, flag_name
 
 
@@ -36,8 +37,11 @@ class ClipFields:
     input_size: int = field(224, "H* = W*, clip resolution")
     grid_n: int = field(2, "TIME grid side N (1 = no TIME grid)")
     grid_arrangement: str = field("spatial", "TIME block arrangement", choices=("spatial", "temporal"))
-    sampling_rate: int = field(0, "0 = TIME segment sampling over the whole video; k > 0 = official VideoMAE "
-                                  "sampling, every k-th frame (needs --grid-n 1)")
+    sampling: str = field("auto", "segment: TIME / TSN sampling, T* x N^2 frames spread over the whole video; stride: "
+                                  "official VideoMAE sampling, T* frames every --sampling-rate frames (needs --grid-n "
+                                  "1); auto: segment (stride when an older command gives --sampling-rate k alone)",
+                          choices=("auto", "segment", "stride"))
+    sampling_rate: int = field(0, "frame step of --sampling stride (0 = VideoMAE's 4)")
     data_mode: str = field("resampled", "training stream: resampled (shards drawn with replacement through a shuffle "
                                         "buffer) or exact (one pass over every video per epoch, a fresh seeded "
                                         "permutation each epoch)", choices=("exact", "resampled"))
@@ -95,6 +99,23 @@ def validate_common(cfg: Any) -> None:
             raise UserError(f"{flag_name(name)} {getattr(cfg, name)} is < 0; use 0 or more")
     if cfg.resume not in ("auto", "none") and not os.path.isdir(cfg.resume):
         raise UserError(f"--resume {cfg.resume} is not a folder; use auto, none or a checkpoint folder")
+    check_sampling(cfg)
+
+
+def check_sampling(cfg: Any) -> None:
+    """``--sampling`` / ``--sampling-rate``: refuse a frame step without stride sampling; name the older spelling.
+
+    Before ``--sampling`` existed, ``--sampling-rate 0`` meant segment sampling and ``--sampling-rate k`` stride
+    sampling; ``--sampling-rate k`` alone still means the latter, with one deprecation line (from rank 0).
+    """
+    if cfg.sampling_rate < 0:
+        raise UserError(f"--sampling-rate {cfg.sampling_rate} is < 0; give a frame step >= 1 with --sampling stride")
+    if cfg.sampling == "segment" and cfg.sampling_rate:
+        raise UserError(f"--sampling-rate {cfg.sampling_rate} is the frame step of --sampling stride; segment sampling "
+                        "spreads the frames over the whole video: drop --sampling-rate, or use --sampling stride")
+    if cfg.sampling == "auto" and cfg.sampling_rate and int(os.environ.get("RANK", "0")) == 0:
+        print(f"note: --sampling-rate {cfg.sampling_rate} alone is the older spelling of --sampling stride "
+              f"--sampling-rate {cfg.sampling_rate}; it still works, but write that instead", file=sys.stderr)
 
 
 def schedule_values(cfg: Any, *, world_size: int, num_samples: int) -> dict[str, Any]:

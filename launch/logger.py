@@ -101,7 +101,7 @@ class RunLogger:
         appears once; the file is rewritten atomically."""
         if not self.enabled:
             return
-        from launch.checkpoint import atomic_write_text
+        from common.files import atomic_write_text
 
         self._jsonl.close()
         path = os.path.join(self.output_dir, "log.jsonl")

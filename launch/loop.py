@@ -13,6 +13,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from common.dist import is_distributed
+
 
 class Schedule(Protocol):
     """What `lr_at` reads: the `Derived` values of either stage."""
@@ -97,7 +99,7 @@ class LoopState:
 def all_ranks_finite(loss: torch.Tensor) -> bool:
     """True when ``loss`` is finite on every rank (a collective when distributed: every rank must call it)."""
     flag = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0])
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if is_distributed():
         flag = flag.to(loss.device)
         torch.distributed.all_reduce(flag)
     return float(flag.item()) == 0.0

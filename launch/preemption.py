@@ -20,6 +20,8 @@ import subprocess
 
 import torch
 
+from common.dist import is_distributed
+
 
 class StopRequest:
     """Catches SIGUSR1, SIGINT and SIGTERM: the first of each asks for a checkpoint at the next step boundary, a
@@ -54,7 +56,7 @@ class StopRequest:
     def should_stop(self, device: torch.device) -> bool:
         """True on every rank when any rank has received a signal (collective: call it on all ranks)."""
         flag = torch.tensor([1.0 if self.received is not None else 0.0], device=device)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if is_distributed():
             torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return bool(flag.item() > 0)
 

@@ -16,6 +16,8 @@ FT_STEPS=${FT_STEPS:-200}
 export TIMEMAE_DEMO_DIR="$OUT/demo"
 mkdir -p "$OUT"
 PATH="$PWD/.venv/bin:$PATH"
+# CPU linear layers through oneDNN (models/linear.py; opt-in, off by default, never used on CUDA).
+export TIMEMAE_CPU_LINEAR=${TIMEMAE_CPU_LINEAR:-onednn}
 
 echo "== 1. demo data -> $TIMEMAE_DEMO_DIR"
 timemae demo --out "$TIMEMAE_DEMO_DIR" --if-missing

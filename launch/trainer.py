@@ -30,7 +30,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from data.errors import UserError, one_line
+from common.dist import is_distributed
+from common.errors import UserError, one_line
 from launch import config as config_lib
 from launch import distributed
 from launch.checkpoint import CheckpointManager, CheckpointWriteError, make_loads_safe
@@ -496,7 +497,7 @@ def demo_ready(folder: str) -> bool:
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     """Element-wise sums over all ranks (float64; a collective when distributed)."""
     t = torch.tensor(values, dtype=torch.float64, device=device)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if is_distributed():
         torch.distributed.all_reduce(t)
     return t.tolist()
 

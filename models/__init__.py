@@ -8,6 +8,7 @@ from models.registry import (
     ViTSize,
     build_classifier,
     build_pretrain,
+    check_input,
     get_entry,
 )
 from models.videomae import VideoMAEClassifier, VideoMAEPretrain, patchify_target
@@ -22,6 +23,7 @@ __all__ = [
     "ViTSize",
     "build_classifier",
     "build_pretrain",
+    "check_input",
     "get_entry",
     "patchify_target",
 ]

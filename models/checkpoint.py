@@ -14,7 +14,6 @@ file's keys to the target model's and names what it drops and what it leaves at 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import pickle
 import re
@@ -26,7 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from data.errors import UserError
+from common.errors import UserError
+from common.files import atomic_save  # noqa: F401 - re-exported for code written against this module
 
 # The release's files hold tensors, plain containers and one pickled argparse.Namespace (the run's `args`).
 SAFE_GLOBALS: tuple[type, ...] = (argparse.Namespace,)
@@ -35,32 +35,6 @@ _MAX_LISTED = 5
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Writing
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save(obj)`` to ``path`` atomically: ``path`` holds either its old content or the complete new file.
-
-    Writes ``path + '.tmp'``, fsyncs it, renames it over ``path`` and fsyncs the folder. If serialisation or writing
-    raises, the temporary file is removed and ``path`` is untouched.
-    """
-    path = os.fspath(path)
-    tmp = path + ".tmp"
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
-        raise
-    # The rename is durable only once the folder entry is on disk.
-    fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def check_plain(value: Any, where: str = "config") -> None:

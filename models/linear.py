@@ -3,15 +3,18 @@
 PyTorch's CPU ``F.linear`` and its backward call MKL's ``sgemm``. MKL picks its AVX-512 kernels only on Intel
 processors: on AMD EPYC (this project's development and CI machines) it runs AVX2 code at about half the machine's
 fp32 rate. oneDNN, which PyTorch also ships, selects kernels by instruction set. The same products of a ViT-B
-pretraining step (forward, input gradient and weight gradient) measured 2.0-2.3x faster through it, fp32 in and
-out (`timemae bench-step`; README "Training step"). Results are IEEE fp32 products like MKL's, summed in a
-different order, so they agree to float rounding, not bitwise. They are deterministic run to run at a fixed thread
-count, which is what bitwise resume needs.
+pretraining step (forward, input gradient and weight gradient) run about twice as fast through it there, fp32 in
+and out (`timemae bench-step`; README "Training step" has the figures). Results are IEEE fp32 products like MKL's,
+summed in a different order, so they agree to float rounding, not bitwise. They are deterministic run to run at a
+fixed thread count, which is what bitwise resume needs.
 
-`linear` uses oneDNN only where it is known to help and to be safe; everything else is ``F.linear`` unchanged:
-CUDA, other dtypes, CPU autocast (its casts belong to ``F.linear``), ZeRO-3 partitioned parameters (DeepSpeed
-manages their gathering around ``F.linear``), ``torch.compile`` tracing, and products below `MIN_MACS`, where
-oneDNN's per-call overhead (~10 us) outweighs the gain. ``TIMEMAE_ONEDNN_LINEAR=0`` in the environment turns it off.
+Opt-in: ``TIMEMAE_CPU_LINEAR=onednn`` in the environment turns it on (``launch/quickstart.sh`` and the test runner
+set it for their CPU runs); by default, and always on CUDA and under ``torch.compile``, every product is
+``F.linear``, so a private operator never sits in a default path. When on, `linear` still uses oneDNN only where
+it is known to help and to be safe; everything else is ``F.linear`` unchanged: CUDA, other dtypes, CPU autocast (its
+casts belong to ``F.linear``), ZeRO-3 partitioned parameters (DeepSpeed manages their gathering around
+``F.linear``), ``torch.compile`` tracing, and products below `MIN_MACS`, where oneDNN's per-call overhead outweighs
+the gain. (The older switch ``TIMEMAE_ONEDNN_LINEAR=1`` / ``=0`` still turns it on / off.)
 """
 
 from __future__ import annotations
@@ -26,9 +29,19 @@ MIN_MACS = 1 << 20
 """Smallest product (rows x in x out multiply-adds) sent to oneDNN; below it MKL's lower call overhead wins."""
 
 
-def _available() -> bool:
-    if os.environ.get("TIMEMAE_ONEDNN_LINEAR", "1").strip().lower() in ("0", "false", "no", "off"):
+ENV = "TIMEMAE_CPU_LINEAR"
+"""The environment switch: ``onednn`` turns the oneDNN path on, anything else (or unset) leaves ``F.linear``."""
+
+
+def requested() -> bool:
+    """Whether the environment asks for the oneDNN path (`ENV` = onednn, or the older TIMEMAE_ONEDNN_LINEAR=1)."""
+    legacy = os.environ.get("TIMEMAE_ONEDNN_LINEAR", "").strip().lower()
+    if legacy in ("0", "false", "no", "off"):
         return False
+    return os.environ.get(ENV, "").strip().lower() == "onednn" or legacy in ("1", "true", "yes", "on")
+
+
+def _available() -> bool:
     if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         return False
     # A private operator: check once that it still takes these arguments and computes a product, so that a torch
@@ -40,8 +53,10 @@ def _available() -> bool:
         return False
 
 
-ENABLED = _available()
-"""Whether `linear` may use oneDNN at all (set at import; tests may flip it)."""
+AVAILABLE = _available()
+"""Whether this torch build's private oneDNN linear operator works (checked once at import)."""
+ENABLED = AVAILABLE and requested()
+"""Whether `linear` may use oneDNN at all: available and asked for (set at import; tests may flip it)."""
 
 
 def _onednn(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:

@@ -26,8 +26,8 @@ from typing import Any
 
 from torch import nn
 
-from data.errors import UserError
-from models.videomae import VideoMAEClassifier, VideoMAEPretrain
+from common.errors import UserError
+from models.videomae import PATCH_SIZE, TUBELET_SIZE, VideoMAEClassifier, VideoMAEPretrain
 
 
 @dataclass(frozen=True)
@@ -71,10 +71,13 @@ DEFAULT_MODEL = "vit_base"
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One named classifier: its family (which recipe and checkpoint filters apply) and its factory."""
+    """One named classifier: its family (which recipe and checkpoint filters apply), its factory, and what its input
+    must tile into: ``frames_per_token`` (VideoMAE's tubelet, else 1) and ``patch`` pixels (1: any size)."""
 
     family: str
     factory: Callable[..., nn.Module]
+    frames_per_token: int = 1
+    patch: int = 1
 
 
 def _videomae_factory(size: ViTSize) -> Callable[..., nn.Module]:
@@ -97,11 +100,12 @@ def _tsn_factory(name: str) -> Callable[..., nn.Module]:
 
 
 CLASSIFIERS: dict[str, ModelEntry] = {
-    **{name: ModelEntry("videomae", _videomae_factory(size)) for name, size in MODELS.items()},
+    **{name: ModelEntry("videomae", _videomae_factory(size), TUBELET_SIZE, PATCH_SIZE)
+       for name, size in MODELS.items()},
     "resnet18": ModelEntry("resnet", _tsn_factory("resnet18")),
     "resnet50": ModelEntry("resnet", _tsn_factory("resnet50")),
     "resnet101": ModelEntry("resnet", _tsn_factory("resnet101")),
-    "vit_b16": ModelEntry("vit", _tsn_factory("vit_b16")),
+    "vit_b16": ModelEntry("vit", _tsn_factory("vit_b16"), 1, 16),  # timm's vit_base_patch16
 }
 
 
@@ -130,3 +134,17 @@ def build_classifier(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     ``kwargs`` are the factory's (``num_frames``, ``img_size``, ``drop_path``) and the family's options.
     """
     return get_entry(name).factory(num_classes, **kwargs)
+
+
+def check_input(name: str, num_frames: int, input_size: int) -> None:
+    """`UserError` (naming the flag, the model's own value and the fix) unless ``--num-frames`` and ``--input-size``
+    tile into the named model's tokens; the values come from the model's entry, never re-typed by a caller."""
+    entry = get_entry(name)
+    k, p = entry.frames_per_token, entry.patch
+    tokens = f"{k} x {p} x {p} tubelets" if k > 1 else f"{p} x {p} patches"
+    if input_size % p:
+        raise UserError(f"--input-size {input_size} is not divisible by the patch size {p} of --model {name} (its "
+                        f"tokens are {tokens}); use a multiple of {p}, e.g. {max(p, input_size // p * p)} or 224")
+    if num_frames % k:
+        raise UserError(f"--num-frames {num_frames} is not divisible by the tubelet size {k} of --model {name} (its "
+                        f"tokens are {tokens}); use a multiple of {k}, e.g. 16")

@@ -10,7 +10,8 @@ by default (``default_stages``, torchvision ``layer1..layer4`` -> 1..4):
 
 Every module starts as the identity or as its spec's fixed initial form, so step 0 reproduces the pretrained 2D
 network up to that form: TSM is a fixed shift; STW starts as ``shift(x) + 0.5 x`` (see `STW`); TRM and ATR start as
-the exact identity. The specs are ``shared/specs/{stw,trm,atr}.md``; their "Decision" items are options here.
+the exact identity. Where a paper is silent or contradicts itself, the choice made here is an option with the
+paper's reading as the alternative, and the class docstring says why.
 
 Build with ``build_temporal(name, channels, num_frames, spatial_size=(H, W), **options)``; ``module_options(name)``
 lists a module's options and their defaults.
@@ -28,7 +29,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from data.errors import UserError
+from common.errors import UserError
 
 INSERTIONS = ("before_conv1", "after_last_bn")
 

@@ -2,7 +2,7 @@
 
 A clip ``x: (B, 3, T, H, W)`` is folded into a batch of ``B * T`` images, each image goes through the 2D backbone,
 global pooling, dropout and the classifier, and the ``T`` frame logits of a clip are averaged (Wang et al., "Temporal
-Segment Networks", ECCV 2016; the head of STW, TRM and ATR, see ``shared/specs/stw.md``).
+Segment Networks", ECCV 2016; the head the STW, TRM and ATR papers use).
 
 Temporal modules (``models.temporal``: ``tsm``, ``stw``, ``trm``, ``atr``) go into the ResNet's residual blocks at the
 point each declares (``insertion``): ``before_conv1`` (start of the residual branch, the shortcut takes the unmodified
@@ -36,7 +36,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from data.errors import UserError
+from common.errors import UserError
 from models.checkpoint import KeyMapping, grouped, load_file, load_mapping, prefix_label
 from models.temporal import TEMPORAL_MODULES, build_temporal
 

@@ -1,7 +1,7 @@
 """VideoMAE ViTs: the masked-autoencoder pretraining model and the fine-tuning classifier.
 
 Both follow the official VideoMAE release (Tong et al., NeurIPS 2022) parameter for parameter, so its checkpoints load
-with ``load_state_dict(..., strict=True)`` and give the same outputs (see ``shared/specs/videomae.md``):
+with ``load_state_dict(..., strict=True)`` and give the same outputs:
 
 * tubelet embedding ``Conv3d(3, D, (tubelet, patch, patch))``; tokens flattened ``t * (h * w) + y * w + x``
   (raster order, time slowest);
@@ -26,13 +26,17 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from common.constants import IMAGENET_MEAN, IMAGENET_STD
 from models.linear import Linear
 from models.vit_layers import LN_EPS, init_trunc_normal, init_xavier, make_blocks, run_blocks
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Geometry, position table, targets
 
+
+# Token geometry of every VideoMAE size (the release's): 16 x 16 pixel patches over tubelets of 2 frames.
+PATCH_SIZE = 16
+TUBELET_SIZE = 2
 
 def _pair(size: int | tuple[int, int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
@@ -51,7 +55,7 @@ def sinusoid_table(num_positions: int, dim: int, device: torch.device | str | No
 
 @functools.lru_cache(maxsize=16)
 def _sinusoid_table(num_positions: int, dim: int, device: str) -> Tensor:
-    # Memoised: at ViT-B the float64 sin / cos of both tables cost ~8 ms of every CPU training step.
+    # Memoised: the float64 sin / cos of both tables would otherwise be recomputed in every training step.
     pos = torch.arange(num_positions, dtype=torch.float64, device=device)[:, None]
     j = torch.arange(dim, dtype=torch.float64, device=device)
     angle = pos / torch.pow(10000.0, 2 * torch.div(j, 2, rounding_mode="floor") / dim)  # (L, dim)
@@ -61,8 +65,8 @@ def _sinusoid_table(num_positions: int, dim: int, device: str) -> Tensor:
 
 def patchify_target(
     x: Tensor,
-    patch_size: int = 16,
-    tubelet_size: int = 2,
+    patch_size: int = PATCH_SIZE,
+    tubelet_size: int = TUBELET_SIZE,
     normalize: bool = True,
     mean: tuple[float, float, float] = IMAGENET_MEAN,
     std: tuple[float, float, float] = IMAGENET_STD,
@@ -99,10 +103,16 @@ def patchify_target(
         return rearrange(patches, "b l p c -> b l (p c)")
 
 
-def _common_count(select: Tensor, what: str) -> int:
-    """The number of True entries per row of ``select (B, L)`` bool, which must be the same in every row."""
+def _common_count(select: Tensor, what: str, known: int | None = None) -> int:
+    """The number of True entries per row of ``select (B, L)`` bool, which must be the same in every row.
+
+    ``known``: the count the caller's masker guarantees (validated once when it was built), returned without
+    reading the mask back to the host; None counts and checks (one host sync).
+    """
     if select.dtype != torch.bool or select.dim() != 2:
         raise ValueError(f"{what} must be a (B, L) bool tensor; got {tuple(select.shape)} {select.dtype}")
+    if known is not None:
+        return known
     counts = select.sum(dim=1)
     lo, hi = torch.stack([counts.min(), counts.max()]).tolist()  # one host sync for both counts
     if lo != hi:
@@ -110,32 +120,34 @@ def _common_count(select: Tensor, what: str) -> int:
     return lo
 
 
-def token_positions(select: Tensor, what: str = "mask") -> Tensor:
+def token_positions(select: Tensor, what: str = "mask", count: int | None = None) -> Tensor:
     """Indices of the True entries of every row, in raster order.
 
     Args:
         select: ``(B, L)`` bool; every row must hold the same number ``n`` of True entries.
         what: what ``select`` is, for the error message.
+        count: ``n`` when the caller knows it (no host read-back), else None (counted and checked).
 
     Returns:
         ``(B, n)`` int64 token indices, ascending in each row.
     """
-    n = _common_count(select, what)
+    n = _common_count(select, what, count)
     # A stable sort of "not selected" puts the selected tokens first and keeps their raster order, like
     # `x[select].reshape(B, -1, D)` in the official code but with fixed shapes.
     return torch.argsort((~select).to(torch.int32), dim=1, stable=True)[:, :n]
 
 
-def split_tokens(mask: Tensor) -> tuple[Tensor, Tensor]:
+def split_tokens(mask: Tensor, num_masked: int | None = None) -> tuple[Tensor, Tensor]:
     """Visible and masked token indices of a mask, each in raster order.
 
     Args:
         mask: ``(B, L)`` bool, True = masked; every row must mask the same number of tokens.
+        num_masked: that number when the caller knows it (no host read-back), else None (counted and checked).
 
     Returns:
         ``visible (B, L - n)`` and ``masked (B, n)`` int64 indices.
     """
-    num_visible = mask.shape[1] - _common_count(mask, "mask")
+    num_visible = mask.shape[1] - _common_count(mask, "mask", num_masked)
     order = torch.argsort(mask.to(torch.int32), dim=1, stable=True)  # visible first, then masked
     return order[:, :num_visible], order[:, num_visible:]
 
@@ -156,11 +168,11 @@ class PatchEmbed(nn.Module):
     def __init__(
         self,
         img_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
+        patch_size: int = PATCH_SIZE,
         in_chans: int = 3,
         embed_dim: int = 768,
         num_frames: int = 16,
-        tubelet_size: int = 2,
+        tubelet_size: int = TUBELET_SIZE,
     ):
         super().__init__()
         self.img_size = _pair(img_size)
@@ -212,7 +224,7 @@ class VideoMAEEncoder(nn.Module):
     def __init__(
         self,
         img_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
+        patch_size: int = PATCH_SIZE,
         in_chans: int = 3,
         embed_dim: int = 768,
         depth: int = 12,
@@ -224,7 +236,7 @@ class VideoMAEEncoder(nn.Module):
         drop_path_rate: float = 0.0,
         init_values: float = 0.0,
         num_frames: int = 16,
-        tubelet_size: int = 2,
+        tubelet_size: int = TUBELET_SIZE,
         final_norm: bool = True,
         pos_drop_rate: float = 0.0,
         attn_impl: str = "sdpa",
@@ -316,9 +328,9 @@ class VideoMAEPretrain(nn.Module):
     def __init__(
         self,
         img_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
+        patch_size: int = PATCH_SIZE,
         num_frames: int = 16,
-        tubelet_size: int = 2,
+        tubelet_size: int = TUBELET_SIZE,
         encoder_in_chans: int = 3,
         encoder_embed_dim: int = 768,
         encoder_depth: int = 12,
@@ -442,20 +454,25 @@ class VideoMAEPretrain(nn.Module):
         visible, decoded = self._token_indices(mask, decoder_mask, x.device)
         return self._decode(x, visible, decoded, pre_logits)
 
-    def forward(self, x: Tensor, mask: Tensor, decoder_mask: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor, decoder_mask: Tensor | None = None, *,
+                counts: tuple[int, int] | None = None) -> Tensor:
         """``x: (B, 3, T, H, W)``, ``mask: (B, L)`` bool (True = masked) -> ``(B, L_masked, 3 * ts * ps^2)``.
 
-        ``decoder_mask`` as in `forward_head`.
+        ``decoder_mask`` as in `forward_head`. ``counts``: (masked tokens, decoded tokens) per sample when the
+        masker guarantees them (`pretrain.masking.token_counts`): the step then never reads the masks back to the
+        host; None counts and checks them (one host sync each).
         """
-        visible, decoded = self._token_indices(mask, decoder_mask, x.device)
+        visible, decoded = self._token_indices(mask, decoder_mask, x.device, counts)
         return self._decode(self.encoder.encode(x, visible), visible, decoded)
 
-    def _token_indices(self, mask: Tensor, decoder_mask: Tensor | None, device: torch.device) -> tuple[Tensor, Tensor]:
+    def _token_indices(self, mask: Tensor, decoder_mask: Tensor | None, device: torch.device,
+                       counts: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
         """``(visible, decoded)`` token indices on ``device``, each ``(B, n)`` in raster order."""
-        visible, masked = split_tokens(self._check_mask(mask, device))
+        num_masked, num_decoded = counts if counts is not None else (None, None)
+        visible, masked = split_tokens(self._check_mask(mask, device), num_masked)
         if decoder_mask is None:
             return visible, masked
-        return visible, token_positions(~self._check_mask(decoder_mask, device), "~decoder_mask")
+        return visible, token_positions(~self._check_mask(decoder_mask, device), "~decoder_mask", num_decoded)
 
     def _decode(self, x: Tensor, visible: Tensor, decoded: Tensor, pre_logits: bool = False) -> Tensor:
         x = self.encoder_to_decoder(x)  # (B, Nv, D_dec)
@@ -523,7 +540,7 @@ class VideoMAEClassifier(VideoMAEEncoder):
     def __init__(
         self,
         img_size: int | tuple[int, int] = 224,
-        patch_size: int = 16,
+        patch_size: int = PATCH_SIZE,
         in_chans: int = 3,
         num_classes: int = 400,
         embed_dim: int = 768,
@@ -538,7 +555,7 @@ class VideoMAEClassifier(VideoMAEEncoder):
         init_values: float = 0.0,
         init_scale: float = 0.001,
         all_frames: int = 16,
-        tubelet_size: int = 2,
+        tubelet_size: int = TUBELET_SIZE,
         use_checkpoint: bool = False,
         use_mean_pooling: bool = True,
         attn_impl: str = "sdpa",

@@ -32,10 +32,10 @@ from collections.abc import Callable, Mapping
 
 from torch import Tensor, nn
 
-from data.errors import UserError
+from common.errors import UserError
+from common.files import atomic_save
 from models.checkpoint import (
     KeyMapping,
-    atomic_save,
     check_plain,
     grouped,
     load_file,

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from data.errors import UserError
+from common.errors import UserError
 from launch.bench_models import (
     merge_rounds,
     print_header,
@@ -42,8 +42,9 @@ from launch.bench_models import (
     with_defaults,
 )
 from models import linear
-from models.registry import CLASSIFIERS, build_pretrain, get_entry, get_size
+from models.registry import CLASSIFIERS, build_pretrain, check_input, get_entry, get_size
 from models.temporal import TEMPORAL_MODULES
+from models.videomae import PATCH_SIZE, TUBELET_SIZE
 from models.vit_layers import ATTN_IMPLS
 from pretrain.loss import reconstruction_loss
 from pretrain.masking import tube_mask, validate_mask_ratio
@@ -277,17 +278,15 @@ def _configs(args: argparse.Namespace) -> list[StepConfig]:
         device = args.device
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError(f"--device {device} but torch sees no CUDA device; use --device cpu")
-    if args.input_size % 16 or args.num_frames % 2 or args.input_size <= 0 or args.num_frames <= 0:
-        raise UserError(
-            f"--num-frames {args.num_frames} --input-size {args.input_size} do not tile into 2 x 16 x 16 tubelets; "
-            "use an even frame count and a multiple of 16"
-        )
+    if args.input_size <= 0 or args.num_frames <= 0:
+        raise UserError(f"--num-frames {args.num_frames} --input-size {args.input_size}: both must be positive")
+    check_input(args.model, args.num_frames, args.input_size)
     checks = [("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0), ("--threads", args.threads or 1, 1),
               ("--rounds", args.rounds, 1)]  # fmt: skip
     for name, value, low in checks + [("--batch-size", b, 1) for b in args.batch_size]:
         if value < low:
             raise UserError(f"{name} {value} is below {low}; raise it")
-    grid = (args.num_frames // 2, args.input_size // 16, args.input_size // 16)
+    grid = (args.num_frames // TUBELET_SIZE, args.input_size // PATCH_SIZE, args.input_size // PATCH_SIZE)
     for ratio in args.mask_ratio:
         validate_mask_ratio(ratio, grid)
     common = dict(
@@ -317,7 +316,7 @@ def run(args: argparse.Namespace) -> int:
         f"{first.repeats} timed steps per configuration, s/step = median over the timed steps"
     )
     if device.type == "cpu":
-        gemm = "oneDNN (models.linear)" if linear.ENABLED else "F.linear (MKL; TIMEMAE_ONEDNN_LINEAR=0)"
+        gemm = "oneDNN (models.linear)" if linear.ENABLED else "F.linear (MKL; TIMEMAE_CPU_LINEAR=onednn for oneDNN)"
         print(f"linear layers: {gemm}; the same on both attention paths")
     # Other processes on the machine stretch wall-clock steps: the load average and the min/max show how much.
     print(f"load average (1 min) at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")

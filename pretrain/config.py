@@ -1,6 +1,6 @@
 """Pretraining configuration: one flat dataclass, one flag per field (``mask_ratio`` -> ``--mask-ratio``).
 
-Defaults follow the official VideoMAE pretraining recipe (shared/specs/videomae.md) except where the TIME layer is
+Defaults follow the official VideoMAE pretraining recipe (the release's scripts) except where the TIME layer is
 the point of this project: ``--grid-n 2`` with segment sampling over the whole video (the paper's RGB choice). The
 mask ratio default is the official 0.9; the TIME paper finds lower ratios better with TIME on RGB (UCF101: 0.7-0.75),
 so the choice is left to ``--mask-ratio``.

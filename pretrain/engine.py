@@ -19,7 +19,7 @@ from launch.loop import adamw
 from launch.trainer import DTYPES, StageHooks
 from pretrain.config import Derived, PretrainConfig
 from pretrain.loss import reconstruction_loss
-from pretrain.masking import random_mask, running_cell_mask, tube_mask
+from pretrain.masking import random_mask, running_cell_mask, token_counts, tube_mask
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -55,6 +55,8 @@ class PretrainStage(StageHooks):
     def __init__(self, cfg: PretrainConfig, d: Derived, dataset):
         self.cfg, self.d, self.dataset = cfg, d, dataset
         self.fixed: tuple[torch.Tensor, torch.Tensor] | None = None  # the reconstructions' clip and mask
+        # Validated once here; every step's masks have exactly these counts, so no step reads a mask back.
+        self.counts = token_counts(cfg.mask_type, cfg.mask_ratio, cfg.decoder_mask_ratio, d.token_grid)
 
     def make_optimizer(self, model: torch.nn.Module, lr: float, device: torch.device):
         return make_optimizer(model, self.cfg, lr, device)
@@ -66,11 +68,12 @@ class PretrainStage(StageHooks):
         mask, decoder_mask = make_masks(self.cfg, x.shape[0], self.d.token_grid, seed)
         mask = mask.to(device)
         decoder_mask = decoder_mask.to(device) if decoder_mask is not None else None
-        pred = engine(x.to(DTYPES[self.d.precision]), mask, decoder_mask)
+        pred = engine(x.to(DTYPES[self.d.precision]), mask, decoder_mask, counts=self.counts)
         module = engine.module
         # The target comes from the fp32 input, whatever the compute precision (spec: loss in fp32).
         loss = reconstruction_loss(pred, x, mask, patch_size=module.patch_size, tubelet_size=module.tubelet_size,
-                                   normalize_target=self.cfg.norm_pix_loss, decoder_mask=decoder_mask)
+                                   normalize_target=self.cfg.norm_pix_loss, decoder_mask=decoder_mask,
+                                   num_decoded=self.counts[1])
         return loss, {}
 
     def after_step(self, trainer, engine, step: int) -> None:
@@ -123,7 +126,7 @@ def save_png(image, path: str) -> None:
     """Write an (H, W, 3) uint8 image as PNG atomically (a reader never sees half a file)."""
     from PIL import Image
 
-    from launch.checkpoint import atomic_write_bytes
+    from common.files import atomic_write_bytes
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     buf = io.BytesIO()

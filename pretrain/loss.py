@@ -16,6 +16,7 @@ def reconstruction_loss(
     tubelet_size: int,
     normalize_target: bool = True,
     decoder_mask: Tensor | None = None,
+    num_decoded: int | None = None,
 ) -> Tensor:
     """Mean squared error between the predictions and the (norm-pix) target on masked tokens only.
 
@@ -31,6 +32,7 @@ def reconstruction_loss(
         decoder_mask: VideoMAE V2 decoder mask, ``(B, L)`` bool, True = not reconstructed, or None. With it the
             decoded tokens are those where it is False, and the loss averages only over decoded tokens that are also
             masked (decoded visible tokens get no loss), as in the V2 release.
+        num_decoded: decoded tokens per sample when the masker guarantees it (no host read-back), else None.
 
     Returns:
         Scalar float32 loss. Without ``decoder_mask`` this is the mean over all ``B * L_masked * P`` values, the
@@ -39,7 +41,7 @@ def reconstruction_loss(
     target = patchify_target(x, patch_size, tubelet_size, normalize=normalize_target)  # (B, L, P) float32
     mask = mask.to(target.device)
     decoded = mask if decoder_mask is None else ~decoder_mask.to(target.device)
-    index = token_positions(decoded, "decoded tokens")  # (B, L_dec)
+    index = token_positions(decoded, "decoded tokens", num_decoded)  # (B, L_dec)
     target = gather_tokens(target, index)
     if pred.shape != target.shape:
         raise ValueError(f"predictions {tuple(pred.shape)} do not match the decoded targets {tuple(target.shape)}")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from data.errors import UserError
+from common.errors import UserError
 
 MASK_KINDS = ("tube", "random", "running_cell")
 _FLAGS = {"tube": "--mask-ratio", "random": "--mask-ratio", "running_cell": "--decoder-mask-ratio"}
@@ -58,6 +58,22 @@ def validate_mask_ratio(ratio: float, grid: tuple[int, int, int], kind: str = "t
     if count == total:
         raise UserError(f"{flag} {ratio} masks all {total} {unit}; lower it")
     return count
+
+
+def token_counts(mask_type: str, mask_ratio: float, decoder_mask_ratio: float, grid: tuple[int, int, int],
+                 ) -> tuple[int, int]:
+    """(masked, decoded) tokens per sample of every mask the maskers make for these settings, validated once.
+
+    Each masker makes exactly these counts by construction, so a training step passes them to the model and the
+    loss (``counts=``, ``num_decoded=``) instead of reading each step's masks back to the host.
+    """
+    t, h, w = grid
+    per = validate_mask_ratio(mask_ratio, grid, mask_type)
+    masked = t * per if mask_type == "tube" else per
+    if not decoder_mask_ratio:
+        return masked, masked
+    skipped = validate_mask_ratio(decoder_mask_ratio, grid, "running_cell")  # of each 2 x 2 cell
+    return masked, t * h * w - t * (h // 2) * (w // 2) * skipped
 
 
 def _random_subsets(batch_size: int, n: int, k: int, generator: torch.Generator) -> Tensor:

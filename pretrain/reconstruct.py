@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from data.errors import UserError
+from common.errors import UserError
 
 FILE_KINDS = ("official_pretrain", "timemae_checkpoint")
 
@@ -146,7 +146,7 @@ def reconstruct(checkpoint: str, video: str, out_dir: str, *, grid_ns: list[int]
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    from launch.checkpoint import atomic_write_text
+    from common.files import atomic_write_text
 
     atomic_write_text(os.path.join(out_dir, "errors.csv"), buf.getvalue())
     return rows

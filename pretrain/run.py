@@ -17,7 +17,6 @@ if __package__ in (None, ""):  # run as a script: import the packages, not this 
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from data.clip import ClipSpec  # noqa: E402
-from data.errors import UserError  # noqa: E402
 from launch import config as config_lib  # noqa: E402
 from launch.fields import validate_common  # noqa: E402
 from launch.trainer import Trainer, entry  # noqa: E402
@@ -26,12 +25,11 @@ from pretrain.engine import PretrainStage  # noqa: E402
 
 
 def build_model(cfg: PretrainConfig):
-    from models import build_pretrain
+    from models import build_pretrain, check_input
+    from models.registry import get_size
 
-    if cfg.input_size % 16:
-        raise UserError(f"--input-size {cfg.input_size} is not divisible by the patch size 16; use e.g. 224 or 112")
-    if cfg.num_frames % 2:
-        raise UserError(f"--num-frames {cfg.num_frames} is not divisible by the tubelet size 2; use e.g. 16")
+    get_size(cfg.model)  # an unknown name lists the VideoMAE sizes, the models pretraining can build
+    check_input(cfg.model, cfg.num_frames, cfg.input_size)
     model = build_pretrain(cfg.model, img_size=cfg.input_size, num_frames=cfg.num_frames,
                            drop_path_rate=cfg.drop_path)
     if cfg.grad_checkpointing:

@@ -6,4 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
+# CPU linear layers through oneDNN (models/linear.py; opt-in, off by default): about 1.5x faster ViT steps here.
+export TIMEMAE_CPU_LINEAR=${TIMEMAE_CPU_LINEAR:-onednn}
 exec .venv/bin/python -m pytest -q "$@"

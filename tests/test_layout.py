@@ -1,4 +1,5 @@
-"""The one-way import flow (data -> models -> pretrain/finetune, launch beside them) and the command's surface."""
+"""The one-way import flow (common under everything; data and models side by side; pretrain / finetune / launch above)
+and the command's surface."""
 
 import ast
 import pathlib
@@ -22,9 +23,51 @@ def _imported_top_levels(path: pathlib.Path) -> set[str]:
     return names
 
 
+OURS = {"common", "data", "models"} | UPPER
+
+
+def test_common_is_the_ground_floor():
+    # common imports nothing of ours, and nothing heavy at import time (torch / matplotlib only inside functions).
+    offenders = {str(p.relative_to(ROOT)): sorted(_imported_top_levels(p) & (OURS - {"common"}))
+                 for p in (ROOT / "common").rglob("*.py")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+    probe = "import common, sys; print(sorted(m for m in ('torch', 'numpy', 'matplotlib') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_shared_names_are_defined_once():
+    # UserError, the atomic writers, the ImageNet statistics and the modality names live in common only.
+    import common
+    import data.errors
+    import data.transforms
+    import launch.checkpoint
+    import models.checkpoint
+
+    assert data.errors.UserError is common.UserError
+    assert models.checkpoint.atomic_save is launch.checkpoint.atomic_save is common.atomic_save
+    assert data.transforms.IMAGENET_MEAN is common.IMAGENET_MEAN
+    for path in ROOT.glob("*/*.py"):
+        if path.parts[-2] in OURS - {"common"}:
+            tree = ast.parse(path.read_text())
+            defined = {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign) for t in node.targets
+                       if isinstance(t, ast.Name)}
+            defined |= {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+            clash = defined & {"UserError", "DecodeError", "IMAGENET_MEAN", "IMAGENET_STD", "MODALITIES",
+                               "atomic_save", "atomic_write_bytes", "atomic_write_text"}
+            assert not clash, f"{path.relative_to(ROOT)} defines {sorted(clash)} again; import them from common"
+
+
+def test_distributed_guard_is_written_once():
+    written = [str(p.relative_to(ROOT)) for p in ROOT.glob("*/*.py")
+               if p.parts[-2] in OURS - {"common"} and "is_initialized()" in p.read_text()]
+    assert written == []
+
+
 @pytest.mark.parametrize("package", ["data", "models"])
 def test_lower_packages_do_not_import_upper_ones(package):
-    forbidden = UPPER | ({"models"} if package == "data" else set())
+    # data and models stand side by side on common: neither imports the other or anything above.
+    forbidden = UPPER | ({"models"} if package == "data" else {"data"})
     offenders = {
         str(path.relative_to(ROOT)): sorted(_imported_top_levels(path) & forbidden)
         for path in (ROOT / package).rglob("*.py")
@@ -46,7 +89,7 @@ def test_import_checker_sees_imports(tmp_path):
 
 
 def test_top_level_layout():
-    for name in ["pyproject.toml", "README.md", "pretrain", "finetune", "data", "models", "launch", "tests"]:
+    for name in ["pyproject.toml", "README.md", "common", "pretrain", "finetune", "data", "models", "launch", "tests"]:
         assert (ROOT / name).exists(), name
 
 

@@ -11,7 +11,13 @@ from torch import nn
 
 from models import linear as lin
 
-needs_onednn = pytest.mark.skipif(not lin.ENABLED, reason="this torch build has no oneDNN linear")
+needs_onednn = pytest.mark.skipif(not lin.AVAILABLE, reason="this torch build has no oneDNN linear")
+
+
+@pytest.fixture(autouse=True)
+def onednn_on(monkeypatch):
+    """The path under test is opt-in (TIMEMAE_CPU_LINEAR=onednn); switch it on here whatever the environment says."""
+    monkeypatch.setattr(lin, "ENABLED", lin.AVAILABLE)
 
 
 def _grads(fn, x, w, b, g):
@@ -103,6 +109,18 @@ def test_environment_switch_turns_it_off():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("env,expected", [({}, "False"), ({"TIMEMAE_CPU_LINEAR": "onednn"}, "AVAILABLE"),
+                                          ({"TIMEMAE_CPU_LINEAR": "mkl"}, "False")])
+def test_onednn_path_is_opt_in(env, expected):
+    code = "import models.linear as m; print(m.ENABLED, m.AVAILABLE)"
+    base = {k: v for k, v in os.environ.items() if k not in ("TIMEMAE_CPU_LINEAR", "TIMEMAE_ONEDNN_LINEAR")}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], env={**base, **env}, cwd=root, capture_output=True, text=True,
+                         check=True)
+    enabled, available = out.stdout.split()
+    assert enabled == (available if expected == "AVAILABLE" else expected)
 
 
 def test_linear_module_is_an_nn_linear_with_the_same_state_dict():

@@ -204,3 +204,33 @@ def test_loss_shape_mismatch_raises():
     x, mask, pred = _loss_inputs()
     with pytest.raises(ValueError, match="do not match"):
         _loss(pred[:, :3], x, mask)
+
+
+@pytest.mark.parametrize("mask_type,decoder_ratio", [("tube", 0.0), ("random", 0.0), ("tube", 0.5)])
+def test_known_token_counts_give_the_same_step_without_reading_masks_back(monkeypatch, mask_type, decoder_ratio):
+    from models import build_pretrain
+    from pretrain.masking import token_counts
+
+    torch.manual_seed(0)
+    grid = (2, 4, 4)
+    model = build_pretrain("vit_tiny", img_size=64, num_frames=4, encoder_depth=1, decoder_depth=1).eval()
+    x = torch.randn(2, 3, 4, 64, 64)
+    gen = torch.Generator().manual_seed(1)
+    mask = (tube_mask if mask_type == "tube" else random_mask)(2, grid, 0.75, gen)
+    decoder_mask = running_cell_mask(2, grid, decoder_ratio, gen) if decoder_ratio else None
+    counts = token_counts(mask_type, 0.75, decoder_ratio, grid)
+    assert counts[0] == int(mask.sum(1)[0])
+    assert counts[1] == int((mask if decoder_mask is None else ~decoder_mask).sum(1)[0])
+    pred = model(x, mask, decoder_mask)
+    loss = reconstruction_loss(pred, x, mask, patch_size=16, tubelet_size=2, decoder_mask=decoder_mask)
+
+    def no_host_read(self, *args):
+        raise AssertionError("a mask was read back to the host")
+
+    monkeypatch.setattr(torch.Tensor, "tolist", no_host_read)
+    monkeypatch.setattr(torch.Tensor, "item", no_host_read)
+    pred_known = model(x, mask, decoder_mask, counts=counts)
+    loss_known = reconstruction_loss(pred_known, x, mask, patch_size=16, tubelet_size=2, decoder_mask=decoder_mask,
+                                     num_decoded=counts[1])
+    monkeypatch.undo()
+    assert torch.equal(pred_known, pred) and torch.equal(loss_known, loss)

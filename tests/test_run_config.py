@@ -164,3 +164,28 @@ def test_barrier_and_shutdown_are_no_ops_in_one_process():
     assert not torch.distributed.is_initialized()
     distributed.barrier()
     distributed.shutdown()
+
+
+@pytest.mark.parametrize("flags,sampling,rate,note", [
+    ([], "segment", 4, False),
+    (["--sampling", "stride", "--grid-n", "1"], "stride", 4, False),
+    (["--sampling", "stride", "--sampling-rate", "2", "--grid-n", "1"], "stride", 2, False),
+    (["--sampling-rate", "3", "--grid-n", "1"], "stride", 3, True),  # the older spelling
+])
+def test_sampling_flag_and_the_older_spelling(capsys, monkeypatch, flags, sampling, rate, note):
+    from data.clip import ClipSpec
+    from launch.fields import check_sampling
+
+    monkeypatch.delenv("RANK", raising=False)
+    cfg = config_lib.parse(PretrainConfig, flags)
+    check_sampling(cfg)
+    spec = ClipSpec.from_config(cfg)
+    assert (spec.sampling, spec.sampling_rate) == (sampling, rate)
+    assert ("older spelling of --sampling stride" in capsys.readouterr().err) == note
+
+
+def test_a_frame_step_with_segment_sampling_is_refused():
+    from launch.fields import check_sampling
+
+    with pytest.raises(UserError, match="frame step of --sampling stride"):
+        check_sampling(config_lib.parse(PretrainConfig, ["--sampling", "segment", "--sampling-rate", "4"]))

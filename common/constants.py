@@ -1,0 +1,12 @@
+"""Values several packages need and that must agree everywhere."""
+
+# ImageNet RGB statistics: the input normalisation of every model here (also used for depth, replicated to 3 channels).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# What a dataset tree scan takes for a video file and for a frame image (lower-case suffixes).
+VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".m4v")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+# The modalities a manifest record, a shard and a run can carry.
+MODALITIES = ("rgb", "depth")
