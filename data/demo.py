@@ -41,7 +41,7 @@ Decisions:
   need; and rendering the background once instead of every frame keeps generation fast.
 - Depth is stored as 8-bit gray H.264 video (yuv420p, chroma flat), already scaled to 8 bits with one fixed
   linear map for every video: metric depth ``DEPTH_RANGE_M`` = 0.5 .. 5.5 m maps to 1 .. 255 (near = dark, far =
-  bright, 0 unused: the conventions of `data.decode.depth_to_uint8`, which stretches each clip's range on read).
+  bright, 0 unused: the conventions of `data.depth.depth_to_uint8`, which stretches each clip's range on read).
   The objects are 0.75-2.5 m away (depth ~ 1 / apparent size), the textured background a tilted plane 2.9-5.3 m
   away (texture is paint on it: no relief). A bigger object is nearer and covers a smaller one; all objects of a
   video scale by the same factor, so their depth order holds for the whole video. A fixed map (no per-video
@@ -393,7 +393,7 @@ def sample_scene(label: int, rng: np.random.Generator, *, num_frames: int, width
 def depth_to_gray(depth_m: np.ndarray) -> np.ndarray:
     """Metric depth to the stored 8-bit value: `DEPTH_RANGE_M` maps linearly to 1 (near) .. 255 (far). uint8.
 
-    The direction and the unused 0 match `data.decode.depth_to_uint8` (near = dark, 0 = no reading), so its per-clip
+    The direction and the unused 0 match `data.depth.depth_to_uint8` (near = dark, 0 = no reading), so its per-clip
     rescaling on read is a linear stretch of this map.
     """
     near, far = DEPTH_RANGE_M

@@ -12,7 +12,7 @@ re-encodes by default, see below); frame folders (JPEG/PNG), 16-bit depth PNG fo
 are always encoded, since a shard sample must be one playable video. Encoding is H.264, yuv420p, constant frame rate,
 no B-frames, CAVLC, a keyframe exactly every ``gop`` frames (so a clip decode seeks to a keyframe at most gop - 1
 frames before its first frame). Depth that gets encoded is scaled to 8 bits with
-`data.decode.depth_to_uint8` over the whole video first (one scale per video, which a reader that sees a few frames
+`data.depth.depth_to_uint8` over the whole video first (one scale per video, which a reader that sees a few frames
 at a time cannot do), so its bytes decode as ordinary RGB (``decode_modality == "rgb"``); a depth video kept as
 bytes is scaled by the reader, per clip (``decode_modality == "depth"``).
 
@@ -75,7 +75,10 @@ from common.constants import IMAGE_EXTENSIONS
 from common.errors import DecodeError, UserError
 from common.files import atomic_write_text
 from data import decode
+from data.depth import depth_to_uint8
 from data.manifest import Record, class_names, read_manifest, write_manifest
+from data.timeout import decode_with_timeout
+from data.workers import worker_init
 
 DEFAULT_SHARD_SAMPLES = 500
 DEFAULT_GOP = 1  # all intra: fastest to sample by far (numbers in the module docstring)
@@ -256,7 +259,7 @@ def _encoded_sample(record: Record, opts: _Options) -> tuple[str, bytes, dict]:
         if kind == "video":
             with decode.open_video(source, kind=ext) as video:
                 fps = float(video.fps)
-        data, info = encode_h264(iter([decode.depth_to_uint8(depth)]), fps, opts.short_side, gop, nearest=True)
+        data, info = encode_h264(iter([depth_to_uint8(depth)]), fps, opts.short_side, gop, nearest=True)
         scaling = "per-video"
     else:
         with decode.open_video(source, kind=ext) as video:
@@ -300,7 +303,7 @@ def _prepare(record: Record, opts: _Options) -> tuple[str, bytes, dict]:
 def _guarded(fn: Callable[[], Any], timeout_s: float, what: str) -> tuple[Any, str | None]:
     """(result, None), or (None, reason) for anything that goes wrong with one input."""
     try:
-        return decode.decode_with_timeout(fn, timeout_s, what=what), None
+        return decode_with_timeout(fn, timeout_s, what=what), None
     except DecodeError as err:
         return None, str(err) or "decode error"
     except Exception as err:  # noqa: BLE001 -- any library failure on one file quarantines that file only
@@ -325,7 +328,7 @@ def _pool(workers: int) -> Iterator[Any]:
         yield None
         return
     # spawn: decoders hold threads and library state that a fork would copy mid-flight.
-    with multiprocessing.get_context("spawn").Pool(workers, initializer=decode.worker_init, initargs=(0,)) as pool:
+    with multiprocessing.get_context("spawn").Pool(workers, initializer=worker_init, initargs=(0,)) as pool:
         yield pool
 
 

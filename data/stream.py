@@ -66,6 +66,8 @@ from data.clip import (
     sampling_uniforms,
 )
 from data.sampling import union_indices
+from data.timeout import decode_with_timeout
+from data.workers import worker_init
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +318,7 @@ def decode_clips(
             timings["decode"] = timings.get("decode", 0.0) + time.process_time() - start - (sampled - opened)
         return out
 
-    positions, frames = decode.decode_with_timeout(work, timeout_s, what=what)
+    positions, frames = decode_with_timeout(work, timeout_s, what=what)
     if crops is not None:
         clips = [finish_grid(grid, spec, crop.flip) for grid, crop in zip(frames, crops, strict=True)]
         return clips if output == "uint8" else [normalize_clip(c, spec.mean, spec.std) for c in clips]
@@ -657,7 +659,7 @@ def make_loader(
 ) -> DataLoader:
     """A DataLoader over a `ShardDataset`.
 
-    Workers get `data.decode.worker_init` (one thread each) and stay alive between epochs. ``drop_last`` defaults to
+    Workers get `data.workers.worker_init` (one thread each) and stay alive between epochs. ``drop_last`` defaults to
     True for the endless training streams (equal batches) and False in exact mode (no sample lost in evaluation).
 
     Raises:
@@ -670,7 +672,7 @@ def make_loader(
         dataset,
         batch_size=batch_size,
         num_workers=num_workers,
-        worker_init_fn=decode.worker_init,
+        worker_init_fn=worker_init,
         persistent_workers=num_workers > 0,
         prefetch_factor=prefetch_factor if num_workers > 0 else None,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,

@@ -29,7 +29,7 @@ from videos import (
     write_msr_bin,
 )
 
-from data import decode
+from data import decode, workers
 from data.decode import (
     decode_with_timeout,
     depth_to_uint8,
@@ -489,7 +489,7 @@ def restore_threads(monkeypatch):
     before = torch.get_num_threads(), thread_budget()
     yield
     torch.set_num_threads(before[0])
-    monkeypatch.setattr(decode, "_thread_budget", before[1])
+    monkeypatch.setattr(workers, "_thread_budget", before[1])
 
 
 def test_set_thread_budget(restore_threads):
@@ -502,7 +502,7 @@ def test_set_thread_budget(restore_threads):
 
 def test_worker_init_reads_the_environment(restore_threads, monkeypatch, index_mp4):
     frozen = []
-    monkeypatch.setattr(decode, "freeze_inherited_objects", lambda: frozen.append(True))  # not this test process
+    monkeypatch.setattr(workers, "freeze_inherited_objects", lambda: frozen.append(True))  # not this test process
     monkeypatch.delenv(decode.WORKER_THREADS_ENV)
     worker_init(0)
     assert thread_budget() == 1 and torch.get_num_threads() == 1 and frozen == [True]
