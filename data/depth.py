@@ -19,7 +19,7 @@ def depth_to_uint8(depth: np.ndarray, max_depth: float | None = None) -> np.ndar
     2. Per-video scaling: the smallest valid value maps to 1 and the largest to 255, linearly (near = dark,
        far = bright); invalid pixels are 0, so "no reading" stays distinguishable from the nearest surface. If all
        valid values are equal they map to 255; with no valid value at all the output is all 0. "Per video" means over
-       all frames passed in one call: `data.shards` passes the whole video; `Video.get_batch` on a depth source
+       all frames passed in one call: `data.prep.shards` passes the whole video; `Video.get_batch` on a depth source
        passes the frames it decoded (the sampled clip), since a reader that decodes a few frames has no more.
     3. The gray image is replicated to 3 channels so RGB-pretrained models apply unchanged.
 

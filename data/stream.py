@@ -1,4 +1,4 @@
-"""Streaming clips out of webdataset tar shards (written by `data.shards`).
+"""Streaming clips out of webdataset tar shards (written by `data.prep.shards`).
 
 Two explicit modes:
 
@@ -84,7 +84,7 @@ def resolve_shards(shards: str | os.PathLike | Iterable[str]) -> tuple[list[str]
     """Shard paths and, when a shard folder has an index.json, its sample count.
 
     Args:
-        shards: a folder written by `data.shards.write_shards` (its index.json lists the shards; otherwise every
+        shards: a folder written by `data.prep.shards.write_shards` (its index.json lists the shards; otherwise every
             ``*.tar`` in it), one ``.tar`` file, a brace pattern (``dir/shard-{000000..000009}.tar``) or a list of them.
 
     Returns:
@@ -267,7 +267,7 @@ def decode_clips(
         timeout_s: limit for opening and decoding; None = none.
         what: names the sample in a timeout message.
         timings: when given, ``timings["decode"]`` grows by the process CPU seconds spent opening, decoding and
-            closing the video (for `data.bench`).
+            closing the video (for `tools.bench_loader`).
         output: "float" (`data.clip.make_clip`) or "uint8" (`data.clip.make_frames`).
 
     Returns:

@@ -1,12 +1,12 @@
 """`timemae experiment time-vs-frames`: does one TIME frame carry time? (the TIME paper's central claim, measured)
 
-The demo's classes differ only in motion (`data.demo`): a single frame cannot tell them apart, a TIME frame of N x N
-cells from N^2 moments can. The experiment makes a demo set of the asked size, fine-tunes the same frame-level model
-(a TSN ResNet: per-frame features, logits averaged over frames, no temporal modelling) on TIME clips with N = 1, 2, 4
-in the spatial and the temporal arrangement, and, as references that do model time, N = 1 with TSM and with TRM. Every
-run has the same steps, batch, size and seed; each is evaluated on the demo's validation videos with the final
-weights (`--select-on last`). It prints and writes ``table.md``, ``table.csv`` (top-1, mean class accuracy, seconds)
-and ``table.png`` (a bar chart).
+The demo's classes differ only in motion (`data.prep.demo`): a single frame cannot tell them apart, a TIME frame of N x
+N cells from N^2 moments can. The experiment makes a demo set of the asked size, fine-tunes the same frame-level model
+(a TSN ResNet: per-frame features, logits averaged over frames, no temporal modelling) on TIME clips with N = 1, 2, 4 in
+the spatial and the temporal arrangement, and, as references that do model time, N = 1 with TSM and with TRM. Every run
+has the same steps, batch, size and seed; each is evaluated on the demo's validation videos with the final weights
+(`--select-on last`). It prints and writes ``table.md``, ``table.csv`` (top-1, mean class accuracy, seconds) and
+``table.png`` (a bar chart).
 
 A finished run (its ``metrics.json`` exists) is reused when the command is run again; ``--force`` redoes them.
 """
@@ -136,7 +136,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from data.demo import CLASSES, ensure_demo
+    from data.prep.demo import CLASSES, ensure_demo
     from models import get_entry
 
     if get_entry(args.model).family != "resnet":

@@ -5,8 +5,8 @@
         --init-from runs/pretrain/encoder.pth --epochs 50
     timemae protocol hmdb51 --root /data/HMDB51 --out runs/hmdb --launcher torchrun --nproc 8 -- --model vit_base
 
-A protocol is a list of trainings, each with one training side and one or more test sides (`Unit`: a preset split
-and partition). The runner builds a manifest and shards per side (`data.presets`, `data.shards`; shards already
+A protocol is a list of trainings, each with one training side and one or more test sides (`Unit`: a preset split and
+partition). The runner builds a manifest and shards per side (`data.prep.presets`, `data.prep.shards`; shards already
 there with the same videos are reused), runs `finetune/run.py` once per training through the chosen launcher, and
 collects every run's ``metrics.json`` into ``table.md``, ``table.csv`` and ``table.png``.
 
@@ -39,8 +39,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from common.errors import UserError
-from data import presets
-from data.manifest import Record, read_manifest, write_manifest
+from data.prep import presets
+from data.prep.manifest import Record, read_manifest, write_manifest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN_SCRIPT = os.path.join(REPO, "finetune", "run.py")
@@ -87,7 +87,7 @@ class Protocol:
 
     Attributes:
         name: the command's NAME.
-        preset: the `data.presets` preset that finds the videos and splits them.
+        preset: the `data.prep.presets` preset that finds the videos and splits them.
         description: one line for ``--list``.
         splits: the preset splits it trains on (UWA3D: the 12 pairs, grouped into 6 trainings).
         pick_one: ``--split`` picks one of ``splits`` and is required (NTU); otherwise every split runs (HMDB51 and
@@ -607,7 +607,7 @@ def list_protocols() -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Runs ``timemae protocol``."""
-    from data.shards import parse_short_side, write_shards
+    from data.prep.shards import parse_short_side, write_shards
 
     ns, tail = _parse(args)
     if ns.list:

@@ -18,11 +18,11 @@ from common.errors import DecodeError, UserError, one_line
 
 # name -> (module, one-line help). The order is the order `timemae --help` lists them in.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("data.demo", "generate the embedded demo dataset: videos (RGB + depth), manifests and shards"),
-    "manifest": ("data.presets", "build a manifest CSV from a dataset preset (UWA3D, NTU, HMDB51, ...)"),
-    "check": ("data.shards", "check every video of a manifest; bad ones are listed with the reason"),
-    "shards": ("data.shards", "write webdataset shards from a manifest or a dataset preset"),
-    "preview": ("data.preview", "write the TIME clip of one video as PNG frames and a contact sheet"),
+    "demo": ("data.prep.demo", "generate the embedded demo dataset: videos (RGB + depth), manifests and shards"),
+    "manifest": ("data.prep.presets", "build a manifest CSV from a dataset preset (UWA3D, NTU, HMDB51, ...)"),
+    "check": ("data.prep.shards", "check every video of a manifest; bad ones are listed with the reason"),
+    "shards": ("data.prep.shards", "write webdataset shards from a manifest or a dataset preset"),
+    "preview": ("tools.preview", "write the TIME clip of one video as PNG frames and a contact sheet"),
     "reconstruct": ("pretrain.reconstruct", "reconstructions of one video by a pretrained model, per grid N and mask "
                                             "ratio (PNG panels, errors.csv)"),
     "extract": ("finetune.features", "features of every video of some shards by a checkpoint (.npz), for probes"),
@@ -34,7 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                                           "time?)"),
     "compare-weights": ("launch.compare_weights", "per-layer cosine similarity of two checkpoints of one "
                                                   "architecture (CSV, bar chart)"),
-    "bench-loader": ("data.bench", "benchmark clip loading (clips/s per core, decode vs. the rest)"),
+    "bench-loader": ("tools.bench_loader", "benchmark clip loading (clips/s per core, decode vs. the rest)"),
     "bench-step": ("pretrain.bench_step", "benchmark a pretraining step (SDPA vs. explicit attention, checkpointing)"),
     "flops": ("launch.bench_models", "GFLOPs and parameters per view of the classifiers, next to the papers' figures"),
 }

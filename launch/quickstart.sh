@@ -23,7 +23,7 @@ echo "== 1. demo data -> $TIMEMAE_DEMO_DIR"
 timemae demo --out "$TIMEMAE_DEMO_DIR" --if-missing
 
 echo "== 2. TIME clip preview (N = 2, spatial arrangement) -> $OUT/preview"
-video=$(python -c "from data.manifest import read_manifest; print(read_manifest('$TIMEMAE_DEMO_DIR/train.csv')[0].path)")
+video=$(python -c "from data.prep.manifest import read_manifest; print(read_manifest('$TIMEMAE_DEMO_DIR/train.csv')[0].path)")
 timemae preview --video "$video" --grid-n 2 --arrangement spatial --num-frames 16 --input-size 224 --out "$OUT/preview"
 
 echo "== 3. pretraining: deepspeed pretrain/run.py --mask-ratio 0.75 --grid-n 2 (small model, demo shards)"

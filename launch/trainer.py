@@ -146,7 +146,7 @@ class Trainer:
 
     def demo_shards(self, split: str) -> str:
         """The embedded demo data's shards of ``split`` in the run's modality (rank 0 generates them once)."""
-        from data.demo import demo_shards, ensure_demo
+        from data.prep.demo import demo_shards, ensure_demo
 
         if self.info.is_main:
             if not demo_ready(DEMO_DIR):
@@ -484,7 +484,7 @@ def cap_workers(cfg: Any, info: distributed.DistInfo, env: dict | None = None) -
 
 def demo_ready(folder: str) -> bool:
     """Whether ``folder`` holds a complete demo dataset (its stamp says so), i.e. `ensure_demo` will not generate."""
-    from data.demo import STAMP, STAMP_FORMAT
+    from data.prep.demo import STAMP, STAMP_FORMAT
 
     try:
         with open(os.path.join(folder, STAMP)) as fh:

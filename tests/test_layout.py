@@ -9,7 +9,7 @@ import sys
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-UPPER = {"pretrain", "finetune", "launch"}
+UPPER = {"pretrain", "finetune", "launch", "tools"}
 
 
 def _imported_top_levels(path: pathlib.Path) -> set[str]:
@@ -47,8 +47,8 @@ def test_shared_names_are_defined_once():
     assert data.errors.UserError is common.UserError
     assert models.checkpoint.atomic_save is launch.checkpoint.atomic_save is common.atomic_save
     assert data.transforms.IMAGENET_MEAN is common.IMAGENET_MEAN
-    for path in ROOT.glob("*/*.py"):
-        if path.parts[-2] in OURS - {"common"}:
+    for path in [*ROOT.glob("*/*.py"), *ROOT.glob("data/prep/*.py")]:
+        if path.relative_to(ROOT).parts[0] in OURS - {"common"}:
             tree = ast.parse(path.read_text())
             defined = {t.id for node in ast.walk(tree) if isinstance(node, ast.Assign) for t in node.targets
                        if isinstance(t, ast.Name)}
@@ -56,6 +56,35 @@ def test_shared_names_are_defined_once():
             clash = defined & {"UserError", "DecodeError", "IMAGENET_MEAN", "IMAGENET_STD", "MODALITIES",
                                "atomic_save", "atomic_write_bytes", "atomic_write_text"}
             assert not clash, f"{path.relative_to(ROOT)} defines {sorted(clash)} again; import them from common"
+
+
+def _is_compat_name(path: pathlib.Path) -> bool:
+    return path.read_text().startswith('"""Compatibility name for')
+
+
+def test_data_runtime_does_not_import_offline_preparation():
+    # The training-time path (decode, sampling, clip, grid, transforms, augmentation, stream) stands alone: offline
+    # preparation (data.prep) and the tools may use it, never the other way round.
+    offenders = {}
+    for path in (ROOT / "data").glob("*.py"):
+        if _is_compat_name(path):
+            continue
+        tree = ast.parse(path.read_text())
+        mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        bad = sorted(m for m in mods if m.startswith(("data.prep", "tools")) or m == "data.prep")
+        if bad:
+            offenders[path.name] = bad
+    assert offenders == {}
+
+
+@pytest.mark.parametrize("old,new", [("data.manifest", "data.prep.manifest"), ("data.shards", "data.prep.shards"),
+                                     ("data.demo", "data.prep.demo"), ("data.presets", "data.prep.presets"),
+                                     ("data.bench", "tools.bench_loader"), ("data.preview", "tools.preview")])
+def test_moved_modules_keep_their_old_names(old, new):
+    import importlib
+
+    assert importlib.import_module(old) is importlib.import_module(new)
 
 
 def test_distributed_guard_is_written_once():
@@ -89,7 +118,9 @@ def test_import_checker_sees_imports(tmp_path):
 
 
 def test_top_level_layout():
-    for name in ["pyproject.toml", "README.md", "common", "pretrain", "finetune", "data", "models", "launch", "tests"]:
+    names = ["pyproject.toml", "README.md", "common", "data", "data/prep", "models", "pretrain", "finetune", "launch",
+             "tools", "tests"]
+    for name in names:
         assert (ROOT / name).exists(), name
 
 
