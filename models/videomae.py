@@ -212,7 +212,39 @@ def _official_layer_id(name: str, num_layer_ids: int) -> int:
 # Models
 
 
-class VideoMAEEncoder(nn.Module):
+class TokenGeometry:
+    """The token geometry of a model, read off its patch embedding so that no caller re-types it."""
+
+    def _patch_embedding(self) -> PatchEmbed:
+        raise NotImplementedError
+
+    @property
+    def patch_size(self) -> int:
+        return self._patch_embedding().patch_size
+
+    @property
+    def tubelet_size(self) -> int:
+        return self._patch_embedding().tubelet_size
+
+    @property
+    def img_size(self) -> tuple[int, int]:
+        return self._patch_embedding().img_size
+
+    @property
+    def num_frames(self) -> int:
+        return self._patch_embedding().num_frames
+
+    @property
+    def token_grid(self) -> tuple[int, int, int]:
+        """``(T / tubelet, H / patch, W / patch)``."""
+        return self._patch_embedding().token_grid
+
+    @property
+    def num_tokens(self) -> int:
+        return self._patch_embedding().num_patches
+
+
+class VideoMAEEncoder(TokenGeometry, nn.Module):
     """Tubelet embedding + sinusoid positions + blocks + final norm (identity when ``final_norm`` is False).
 
     Dropout on the embedded tokens (``pos_drop_rate``) exists in the release's classifier only.
@@ -254,31 +286,8 @@ class VideoMAEEncoder(nn.Module):
         self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS) if final_norm else nn.Identity()
         self.grad_checkpointing = use_checkpoint
 
-    # Geometry, read off the patch embedding so that no caller re-types it.
-    @property
-    def patch_size(self) -> int:
-        return self.patch_embed.patch_size
-
-    @property
-    def tubelet_size(self) -> int:
-        return self.patch_embed.tubelet_size
-
-    @property
-    def img_size(self) -> tuple[int, int]:
-        return self.patch_embed.img_size
-
-    @property
-    def num_frames(self) -> int:
-        return self.patch_embed.num_frames
-
-    @property
-    def token_grid(self) -> tuple[int, int, int]:
-        """``(T / tubelet, H / patch, W / patch)``."""
-        return self.patch_embed.token_grid
-
-    @property
-    def num_tokens(self) -> int:
-        return self.patch_embed.num_patches
+    def _patch_embedding(self) -> PatchEmbed:
+        return self.patch_embed
 
     @property
     def num_layer_ids(self) -> int:
@@ -313,7 +322,7 @@ class VideoMAEEncoder(nn.Module):
         return maps
 
 
-class VideoMAEPretrain(nn.Module):
+class VideoMAEPretrain(TokenGeometry, nn.Module):
     """VideoMAE masked autoencoder: an encoder on the visible tokens, a narrow decoder predicting the masked ones.
 
     Keyword names follow the official ``PretrainVisionTransformer`` (plus ``num_frames`` and ``attn_impl``); the
@@ -381,31 +390,8 @@ class VideoMAEPretrain(nn.Module):
         self.decoder.apply(init_xavier)
         nn.init.trunc_normal_(self.mask_token, std=0.02, a=-0.02, b=0.02)
 
-    # Geometry
-    @property
-    def patch_size(self) -> int:
-        return self.encoder.patch_size
-
-    @property
-    def tubelet_size(self) -> int:
-        return self.encoder.tubelet_size
-
-    @property
-    def img_size(self) -> tuple[int, int]:
-        return self.encoder.img_size
-
-    @property
-    def num_frames(self) -> int:
-        return self.encoder.num_frames
-
-    @property
-    def token_grid(self) -> tuple[int, int, int]:
-        """``(T / tubelet, H / patch, W / patch)``."""
-        return self.encoder.token_grid
-
-    @property
-    def num_tokens(self) -> int:
-        return self.encoder.num_tokens
+    def _patch_embedding(self) -> PatchEmbed:
+        return self.encoder.patch_embed
 
     @property
     def num_features(self) -> int:
