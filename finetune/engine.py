@@ -165,6 +165,13 @@ class FinetuneStage(StageHooks):
     def make_optimizer(self, model: torch.nn.Module, lr: float, device: torch.device):
         return make_optimizer(model, self.cfg, lr, device)
 
+    def one_clip_loss(self, model: torch.nn.Module) -> torch.Tensor:
+        """One clip's cross-entropy on ``model`` (a meta copy, for `launch.flops`); the clip is the run's geometry."""
+        size = self.cfg.input_size
+        x = torch.zeros(1, 3, self.cfg.num_frames, size, size, device="meta")
+        target = torch.zeros(1, self.d.num_classes, device="meta")
+        return soft_cross_entropy(model(x), target)
+
     def micro_loss(self, engine, batch: dict, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, device = self.cfg, engine.device
         x = model_input(batch["clip"], device)  # (B, 3, T, H, W) fp32

@@ -152,13 +152,13 @@ def dump_yaml(cfg: Any, path: str) -> None:
         yaml.safe_dump(to_dict(cfg), fh, sort_keys=False)
 
 
-def write_run_files(output_dir: str, cfg: Any, ds_config: dict, derived: Any) -> None:
+def write_run_files(output_dir: str, cfg: Any, ds_config: dict, derived: Any, extra: dict | None = None) -> None:
     """The run folder's record of a run (rank 0 only): ``config.yaml`` (the resolved flags), ``ds_config.json`` and
-    ``derived.json`` (the values computed from them: global batch, lr, steps, ...)."""
+    ``derived.json`` (the values computed from them: global batch, lr, steps, ..., and ``extra``: FLOPs per clip)."""
     from common.files import atomic_write_text
 
     os.makedirs(output_dir, exist_ok=True)
     dump_yaml(cfg, os.path.join(output_dir, "config.yaml"))
     atomic_write_text(os.path.join(output_dir, "ds_config.json"), json.dumps(ds_config, indent=2) + "\n")
-    atomic_write_text(os.path.join(output_dir, "derived.json"), json.dumps(dataclasses.asdict(derived), indent=2)
-                      + "\n")
+    values = {**dataclasses.asdict(derived), **(extra or {})}
+    atomic_write_text(os.path.join(output_dir, "derived.json"), json.dumps(values, indent=2) + "\n")

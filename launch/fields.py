@@ -27,6 +27,8 @@ class ModelFields:
     drop_path: float = field(0.0, "stochastic depth rate of the encoder")
     grad_checkpointing: bool = field(False, "recompute each block in the backward pass (less memory, ~30% slower)")
     init_from: str = field("", "initial weights (a file; nothing is downloaded)")
+    compile: bool = field(False, "torch.compile the model in place (checkpoint keys unchanged; static shapes, so it "
+                                 "compiles once per geometry)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +80,8 @@ class RunFields:
     save_every: int = field(1000, "checkpoint every this many steps; also at the end")
     keep_last: int = field(2, "checkpoints kept (older ones are deleted after a newer one is complete)")
     log_every: int = field(10, "log a line every this many steps")
+    peak_tflops: float = field(0.0, "the device's dense peak TFLOP/s at the run's precision, for the logged mfu (0 = "
+                                    "from the table of known GPUs; no mfu on CPU)")
     seed: int = field(0, "seed of weights, sampling and augmentation")
 
 

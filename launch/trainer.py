@@ -36,6 +36,7 @@ from launch import config as config_lib
 from launch import distributed
 from launch.checkpoint import CheckpointManager, CheckpointWriteError, make_loads_safe
 from launch.ds_config import make_ds_config, merge_extra, resolve_precision
+from launch.flops import ClipFlops, count_clip_flops, mfu, peak_tflops
 from launch.logger import RunLogger
 from launch.loop import LoopState, NonFiniteLoss, device_memory, lr_at, step_seed
 
@@ -71,6 +72,9 @@ class Stage(Protocol):
     def summary(self) -> str:
         """The end of the run's last log line."""
 
+    def one_clip_loss(self, model: torch.nn.Module) -> torch.Tensor | None:
+        """The scalar loss of one clip through ``model`` (a meta copy), for `launch.flops`; None to skip counting."""
+
 
 class StageHooks:
     """No-op defaults for the optional parts of `Stage`."""
@@ -92,6 +96,10 @@ class StageHooks:
 
     def summary(self) -> str:
         return ""
+
+    def one_clip_loss(self, model: torch.nn.Module) -> torch.Tensor | None:
+        """The loss of one clip through ``model`` (a meta copy: shapes only), for counting FLOPs; None: not counted."""
+        return None
 
 
 class Trainer:
@@ -223,9 +231,17 @@ class Trainer:
                                             world_size=info.world_size, precision=self.precision,
                                             zero_stage=cfg.zero_stage, clip_grad=cfg.clip_grad,
                                             bf16_overflow_check=cfg.bf16_overflow_check), cfg.ds_config)
+        flops = self.count_flops(stage, model)
+        peak = peak_tflops(device, self.precision, cfg.peak_tflops)
         if info.is_main:
-            config_lib.write_run_files(cfg.output_dir, cfg, ds_cfg, d)
+            config_lib.write_run_files(cfg.output_dir, cfg, ds_cfg, d, extra={
+                "flops_per_clip_forward": flops.forward if flops else None,
+                "flops_per_clip_train": flops.train if flops else None,
+                "peak_tflops": peak,
+            })
         log.info(summary)
+        if cfg.compile:
+            compile_in_place(model)
 
         import deepspeed
 
@@ -278,6 +294,8 @@ class Trainer:
                     out["clips_per_s"] = window_clips / (now - window_t)
                     out["step_time_s"] = (now - window_t) / max(1, window_clips // d.global_batch)
                     out["epoch"] = state.step / d.steps_per_epoch
+                    if flops and peak:
+                        out["mfu"] = mfu(flops.train, out["clips_per_s"] / info.world_size, peak)
                     out.update(device_memory(device))
                     out.update({f"data_{k}": v for k, v in dataset.stats().items()})
                     if dataset.mode == "epochs":  # clips taken over all ranks, in passes over the training set
@@ -309,6 +327,19 @@ class Trainer:
             log.close()
         log.info(f"done: {state.step} steps{stage.summary()}; run folder {cfg.output_dir}")
         return 0
+
+    def count_flops(self, stage: Stage, model: torch.nn.Module) -> ClipFlops | None:
+        """One training clip's FLOPs (`launch.flops`), or None when the stage does not say how to run one clip or
+        counting fails (an op the meta device cannot run): the run goes on without ``mfu``."""
+        one_clip_loss = getattr(stage, "one_clip_loss", None)
+        if one_clip_loss is None:
+            return None
+        try:
+            return count_clip_flops(model, one_clip_loss)
+        except (NotImplementedError, RuntimeError, TypeError, ValueError) as err:  # e.g. an op without a meta kernel
+            reason = (str(err).splitlines() or [type(err).__name__])[0]
+            self.log.info(f"FLOPs not counted ({reason}); no mfu in the log")
+            return None
 
     def train_step(self, engine, batches: Iterator[dict], stage: Stage, d: Any, state: LoopState) -> dict:
         """One optimizer step over ``accum_steps`` good micro-batches. Returns the values to log.
@@ -492,6 +523,14 @@ def demo_ready(folder: str) -> bool:
         return bool(stamp.get("complete")) and stamp.get("format") == STAMP_FORMAT  # an older format is remade
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def compile_in_place(model: torch.nn.Module, backend: str = "inductor") -> torch.nn.Module:
+    """``torch.compile`` ``model``'s forward in place (``nn.Module.compile``): parameters, state_dict keys and
+    checkpoints stay those of the eager model. Static shapes (``dynamic=False``): a run's clips and token counts never
+    change, so it compiles once per geometry."""
+    model.compile(backend=backend, dynamic=False)
+    return model
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:

@@ -61,6 +61,17 @@ class PretrainStage(StageHooks):
     def make_optimizer(self, model: torch.nn.Module, lr: float, device: torch.device):
         return make_optimizer(model, self.cfg, lr, device)
 
+    def one_clip_loss(self, model: torch.nn.Module) -> torch.Tensor:
+        """One clip's masked reconstruction loss on ``model`` (a meta copy, for `launch.flops`)."""
+        x = torch.zeros(1, 3, model.num_frames, *model.img_size, device="meta")
+        mask, decoder_mask = make_masks(self.cfg, 1, self.d.token_grid, self.cfg.seed)
+        mask = mask.to("meta")
+        decoder_mask = decoder_mask.to("meta") if decoder_mask is not None else None
+        pred = model(x, mask, decoder_mask, counts=self.counts)
+        return reconstruction_loss(pred, x, mask, patch_size=model.patch_size, tubelet_size=model.tubelet_size,
+                                   normalize_target=self.cfg.norm_pix_loss, decoder_mask=decoder_mask,
+                                   num_decoded=self.counts[1])
+
     def micro_loss(self, engine, batch: dict, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
         # uint8 (B, T, H, W, 3) from the loader, normalised on the device -> (B, 3, T, H, W) fp32
         device = engine.device
