@@ -129,3 +129,11 @@ def device_memory(device: torch.device) -> dict[str, float]:
     if device.type != "cuda":
         return {}
     return {"max_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30}
+
+
+def compile_in_place(model: torch.nn.Module, backend: str = "inductor") -> torch.nn.Module:
+    """``torch.compile`` ``model``'s forward in place (``nn.Module.compile``): parameters, state_dict keys and
+    checkpoints stay those of the eager model. Static shapes (``dynamic=False``): a run's clips and token counts never
+    change, so it compiles once per geometry."""
+    model.compile(backend=backend, dynamic=False)
+    return model

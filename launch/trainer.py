@@ -38,7 +38,7 @@ from launch.checkpoint import CheckpointManager, CheckpointWriteError, make_load
 from launch.ds_config import make_ds_config, merge_extra, resolve_precision
 from launch.flops import ClipFlops, count_clip_flops, mfu, peak_tflops
 from launch.logger import RunLogger
-from launch.loop import LoopState, NonFiniteLoss, device_memory, lr_at, step_seed
+from launch.loop import LoopState, NonFiniteLoss, compile_in_place, device_memory, lr_at, step_seed
 
 DEMO_DIR = os.environ.get("TIMEMAE_DEMO_DIR", os.path.join("runs", "demo"))
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -523,14 +523,6 @@ def demo_ready(folder: str) -> bool:
         return bool(stamp.get("complete")) and stamp.get("format") == STAMP_FORMAT  # an older format is remade
     except (OSError, ValueError, AttributeError):
         return False
-
-
-def compile_in_place(model: torch.nn.Module, backend: str = "inductor") -> torch.nn.Module:
-    """``torch.compile`` ``model``'s forward in place (``nn.Module.compile``): parameters, state_dict keys and
-    checkpoints stay those of the eager model. Static shapes (``dynamic=False``): a run's clips and token counts never
-    change, so it compiles once per geometry."""
-    model.compile(backend=backend, dynamic=False)
-    return model
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:

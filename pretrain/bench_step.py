@@ -41,13 +41,15 @@ from launch.bench_models import (
     time_steps,
     with_defaults,
 )
+from launch.flops import count_clip_flops, mfu, peak_tflops
+from launch.loop import compile_in_place
 from models import linear
 from models.registry import CLASSIFIERS, build_pretrain, check_input, get_entry, get_size
 from models.temporal import TEMPORAL_MODULES
 from models.videomae import PATCH_SIZE, TUBELET_SIZE
 from models.vit_layers import ATTN_IMPLS
 from pretrain.loss import reconstruction_loss
-from pretrain.masking import tube_mask, validate_mask_ratio
+from pretrain.masking import token_counts, tube_mask, validate_mask_ratio
 
 MIB = 2**20
 # Per-family defaults of the flags the classifier benchmark shares (None on the command line).
@@ -70,6 +72,7 @@ class StepConfig:
     repeats: int = 3
     device: str = "cpu"
     seed: int = 0
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,7 @@ class StepResult:
     sdpa_backend: str
     visible_tokens: int
     decoded_tokens: int
+    train_flops: float = 0.0  # per clip, forward + backward (`launch.flops`)
 
     @property
     def median(self) -> float:
@@ -126,6 +130,17 @@ def measure(cfg: StepConfig, fresh_process: bool = False) -> StepResult:
     ).to(device)
     model.train()
     grid = model.token_grid
+    counts = token_counts("tube", cfg.mask_ratio, 0.0, grid)  # as the trainer: no mask is read back to the host
+
+    def one_clip_loss(m: torch.nn.Module) -> torch.Tensor:
+        xm = torch.zeros(1, 3, cfg.num_frames, cfg.input_size, cfg.input_size, device="meta")
+        mm = tube_mask(1, grid, cfg.mask_ratio, torch.Generator().manual_seed(0)).to("meta")
+        return reconstruction_loss(m(xm, mm, counts=counts), xm, mm, patch_size=m.patch_size,
+                                   tubelet_size=m.tubelet_size, num_decoded=counts[1])
+
+    flops = count_clip_flops(model, one_clip_loss)
+    if cfg.compile:
+        compile_in_place(model)
     x = torch.randn(cfg.batch_size, 3, cfg.num_frames, cfg.input_size, cfg.input_size, device=device)
     generator = torch.Generator().manual_seed(cfg.seed)  # masks are drawn on the CPU, as in the loader
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
@@ -142,8 +157,9 @@ def measure(cfg: StepConfig, fresh_process: bool = False) -> StepResult:
         model.zero_grad(set_to_none=True)
         mask = tube_mask(cfg.batch_size, grid, cfg.mask_ratio, generator).to(device)  # as the trainer does
         with autocast:
-            pred = model(x, mask)
-        loss = reconstruction_loss(pred, x, mask, patch_size=model.patch_size, tubelet_size=model.tubelet_size)
+            pred = model(x, mask, counts=counts)
+        loss = reconstruction_loss(pred, x, mask, patch_size=model.patch_size, tubelet_size=model.tubelet_size,
+                                   num_decoded=counts[1])
         loss.backward()
 
     seconds, peak, during = time_steps(step, device, cfg.warmup, cfg.repeats, fresh_process)
@@ -155,6 +171,7 @@ def measure(cfg: StepConfig, fresh_process: bool = False) -> StepResult:
         sdpa_backend=backend,
         visible_tokens=visible,
         decoded_tokens=masked,
+        train_flops=flops.train if flops else 0.0,
     )
 
 
@@ -176,21 +193,28 @@ def _mib(value: int | None) -> str:
     return "-" if value is None else f"{value / MIB:.0f}"
 
 
-def format_table(results: list[StepResult]) -> str:
-    """The per-configuration table and the SDPA-over-explicit speed-ups (explicit s/step divided by SDPA s/step)."""
-    head = f"{'model':<10} {'mask':>5} {'batch':>5} {'attention':<9} {'ckpt':<4} {'s/step':>8} {'min s':>7} "
-    head += f"{'clips/s':>8} {'peak MiB':>9} {'+step MiB':>9}"
+def format_table(results: list[StepResult], peak: float | None = None) -> str:
+    """The per-configuration table and the SDPA-over-explicit speed-ups (explicit s/step divided by SDPA s/step).
+
+    ``peak``: the device's dense TFLOP/s (`launch.flops.peak_tflops`); with it an ``MFU`` column (training FLOPs per
+    clip x clips/s over the peak)."""
+    head = f"{'model':<10} {'mask':>5} {'batch':>5} {'attention':<9} {'ckpt':<4} {'compile':<7} {'s/step':>8} "
+    head += f"{'min s':>7} {'clips/s':>8} {'GFLOP/clip':>10} {'peak MiB':>9} {'+step MiB':>9}"
+    head += f" {'MFU':>6}" if peak else ""
     rows = [head, "-" * len(head)]
     for r in results:
         c = r.config
         ckpt = "on" if c.checkpointing else "off"
-        rows.append(
-            f"{c.model:<10} {c.mask_ratio:>5.2f} {c.batch_size:>5d} {c.attn_impl:<9} {ckpt:<4} "
-            f"{r.median:>8.3f} {min(r.seconds):>7.3f} {c.batch_size / r.median:>8.2f} {_mib(r.peak_bytes):>9} "
-            f"{_mib(r.step_bytes):>9}"
-        )
+        clips = c.batch_size / r.median
+        row = (f"{c.model:<10} {c.mask_ratio:>5.2f} {c.batch_size:>5d} {c.attn_impl:<9} {ckpt:<4} "
+               f"{'on' if c.compile else 'off':<7} {r.median:>8.3f} {min(r.seconds):>7.3f} {clips:>8.2f} "
+               f"{r.train_flops / 1e9:>10.1f} {_mib(r.peak_bytes):>9} {_mib(r.step_bytes):>9}")
+        if peak:
+            row += f" {mfu(r.train_flops, clips, peak) * 100:>5.1f}%"
+        rows.append(row)
     by_key = {
         (r.config.mask_ratio, r.config.batch_size, r.config.checkpointing, r.config.attn_impl): r for r in results
+        if not r.config.compile
     }
     pairs = []
     for (mask, batch, ckpt, impl), r in by_key.items():
@@ -252,6 +276,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="gradient checkpointing of every block (default: both; classifiers off)",
     )
+    parser.add_argument(
+        "--compile",
+        nargs="+",
+        choices=["off", "on"],
+        default=["off"],
+        help="torch.compile the model in place, as the trainer's --compile (default off; VideoMAE only)",
+    )
+    parser.add_argument("--peak-tflops", type=float, default=0.0,
+                        help="the device's dense peak TFLOP/s for the MFU column (0 = from the table of known GPUs)")
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per configuration (median; default 3)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first (default 1)")
     parser.add_argument("--rounds", type=int, default=1, help="sweeps over all configurations, pooled (default 1)")
@@ -294,11 +327,12 @@ def _configs(args: argparse.Namespace) -> list[StepConfig]:
         warmup=args.warmup, repeats=args.repeats, device=device, seed=args.seed,
     )  # fmt: skip
     return [
-        StepConfig(args.model, ratio, batch, impl, ckpt == "on", **common)
+        StepConfig(args.model, ratio, batch, impl, ckpt == "on", **common, compile=comp == "on")
         for ratio in args.mask_ratio
         for batch in args.batch_size
         for ckpt in args.checkpointing
         for impl in args.attention
+        for comp in dict.fromkeys(args.compile)
     ]
 
 
@@ -328,7 +362,8 @@ def run(args: argparse.Namespace) -> int:
             rounds[cfg].append(result)
             kernel = f"SDPA kernel {result.sdpa_backend}" if cfg.attn_impl == "sdpa" else "explicit softmax"
             print(
-                f"  round {i + 1}: {cfg.attn_impl:<5} ckpt {'on ' if cfg.checkpointing else 'off'} mask "
+                f"  round {i + 1}: {cfg.attn_impl:<5} ckpt {'on ' if cfg.checkpointing else 'off'} compile "
+                f"{'on ' if cfg.compile else 'off'} mask "
                 f"{cfg.mask_ratio:.2f} batch {cfg.batch_size}: "
                 + " ".join(f"{t:.3f}" for t in result.seconds)
                 + f" s ({result.visible_tokens} encoder tokens, {result.decoded_tokens} decoded per clip; {kernel}; "
@@ -336,7 +371,8 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
     print()
-    print(format_table([merge_rounds(r) for r in rounds.values()]))
+    peak = peak_tflops(device, "bf16" if device.type == "cuda" else "fp32", args.peak_tflops)
+    print(format_table([merge_rounds(r) for r in rounds.values()], peak))
     return 0
 
 

@@ -55,3 +55,17 @@ def test_bad_inputs_are_one_line_errors(tmp_path, capsys):
     assert "missing.mp4" in err and err.count("\n") == 1
     assert cli.main(["bench-loader", "--grid-n", "0", "--quick"]) == 2
     assert "--grid-n" in capsys.readouterr().err
+
+
+def test_real_loader_rows_count_the_clips_each_worker_count_delivers(demo_dir):
+    lines = bench.loader_rows([str(demo_dir / "shards" / "train")], [0, 2], batch_size=2, seconds=0.5)
+    assert lines[0].startswith("real loader: N = 2, 16 x 224 x 224 uint8 clips, batch 2")
+    rows = [line.split() for line in lines[2:]]
+    assert [int(r[0]) for r in rows] == [0, 2]
+    for _workers, rate, clips in rows:
+        assert float(rate) > 0 and int(clips) > 0 and int(clips) % 2 == 0
+
+
+def test_loader_workers_flag_is_checked(capsys):
+    assert cli.main(["bench-loader", "--loader-workers", "-1"]) == 2
+    assert "--loader-workers" in capsys.readouterr().err

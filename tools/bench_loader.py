@@ -377,6 +377,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-reencode", action="store_true", help="skip the 240p/720p re-encodes of bikes.mp4")
     parser.add_argument("--quick", action="store_true", help="2 clips per row: checks that everything runs")
     parser.add_argument("--seed", type=int, default=0, help="random seed of sampling and augmentation")
+    parser.add_argument(
+        "--loader-workers", type=int, nargs="*", default=None,
+        help="also time the real multi-worker loader (the trainer's: N = 2, 16 x 224 x 224 uint8 clips, batch "
+        "--loader-batch) with each of these worker counts, on --shards or on shards of the measured videos "
+        "(e.g. 4 8 12; not pinned: all cores)",
+    )
+    parser.add_argument("--loader-batch", type=int, default=32, help="clips per batch of the loader rows (32)")
+    parser.add_argument("--loader-seconds", type=float, default=None,
+                        help="seconds each loader row runs after its first batch (default 20, quick 1)")
 
 
 def _check_args(args: argparse.Namespace) -> None:
@@ -384,6 +393,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--grid-n {args.grid_n}: every N must be >= 1")
     if any(k < 1 for k in args.samples_per_decode):
         raise UserError(f"--samples-per-decode {args.samples_per_decode}: every K must be >= 1")
+    if args.loader_workers and (min(args.loader_workers) < 0 or args.loader_batch < 1):
+        raise UserError("--loader-workers needs worker counts >= 0 and --loader-batch >= 1, e.g. 4 8 12 and 32")
     if args.clips is not None and args.clips < 1:
         raise UserError(f"--clips {args.clips} is < 1; give the clips per row, e.g. 20")
     if args.gop is not None and args.gop < 1:
@@ -439,6 +450,13 @@ def run(args: argparse.Namespace) -> int:
             rows += _video_rows(video, args, work, gop, clips, row_seconds, rng, notes)
         for folder in args.shards:
             rows += _given_shard_rows(folder, args, clips, row_seconds, rng, notes)
+        loader_lines = []
+        if args.loader_workers:
+            if allowed is not None:  # the loader rows use the whole machine, as the trainer's workers do
+                os.sched_setaffinity(0, allowed)
+            source = args.shards or [_videos_shards(videos, work)]
+            seconds = args.loader_seconds if args.loader_seconds is not None else (1.0 if args.quick else 20.0)
+            loader_lines = loader_rows(source, args.loader_workers, args.loader_batch, seconds, args.seed)
     finally:
         if allowed is not None:
             os.sched_setaffinity(0, allowed)
@@ -449,7 +467,44 @@ def run(args: argparse.Namespace) -> int:
     print()
     for line in notes + target_lines(rows, gop):
         print(line)
+    if loader_lines:
+        print()
+        for line in loader_lines:
+            print(line)
     return 0
+
+
+def _videos_shards(videos: Sequence[BenchVideo], work: str) -> str:
+    """Shards of every measured video at the N = 2 short side (the trainer's input), for the loader rows."""
+    out = os.path.join(work, "shards", "loader")
+    shards.write_shards([Record(v.path, 0) for v in videos], out, short_side=auto_short_side(2), progress=False,
+                        overwrite=True)
+    return out
+
+
+def loader_rows(source: Sequence[str], worker_counts: Sequence[int], batch_size: int, seconds: float,
+                seed: int = 0) -> list[str]:
+    """clips/s of the real loader (`data.stream.ShardDataset` + `make_loader`, the trainer's settings) per worker
+    count: the batches it delivers in ``seconds`` after its first (worker start-up and warm-up excluded)."""
+    from data.stream import ShardDataset, make_loader
+
+    spec = ClipSpec(num_frames=NUM_FRAMES, grid_n=2, input_size=INPUT_SIZE)
+    shard_list = [p for folder in source for p in stream.resolve_shards(folder)[0]]
+    lines = [f"real loader: N = 2, {NUM_FRAMES} x {INPUT_SIZE} x {INPUT_SIZE} uint8 clips, batch {batch_size}, "
+             f"{len(shard_list)} shard(s), {os.cpu_count()} cores (not pinned), {seconds:g} s per row after the first "
+             "batch", f"{'workers':>8} {'clips/s':>9} {'clips':>7}"]
+    for workers in worker_counts:
+        dataset = ShardDataset(shard_list, spec, seed=seed, output="uint8", rank=0, world_size=1)
+        loader = make_loader(dataset, batch_size, workers)
+        batches = iter(loader)
+        next(batches)
+        clips, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            clips += len(next(batches)["clip"])
+        rate = clips / (time.perf_counter() - start)
+        del batches, loader
+        lines.append(f"{workers:>8} {rate:>9.1f} {clips:>7}")
+    return lines
 
 
 def _video_rows(
