@@ -113,10 +113,10 @@ def worker_init(worker_id: int) -> None:
 def freeze_inherited_objects() -> int:
     """Move every object this process holds now out of reach of Python's cyclic garbage collector (``gc.freeze``).
 
-    A loader worker starts with everything its parent had (torch, the model, the trainer: ~340k tracked objects),
-    none of which it frees. Each full collection walks all of them: 0.17 s every ~1000 clips of the N = 2 shard path,
-    and in a forked worker it writes to every object's header, so the pages it shares with the trainer get copied.
-    Frozen, they are never walked; the worker's own garbage is collected as before.
+    A loader worker starts with everything its parent had (torch, the model, the trainer: hundreds of thousands of
+    tracked objects), none of which it frees. Each full collection walks all of them, a pause every thousand or so
+    clips, and in a forked worker it writes to every object's header, so the pages it shares with the trainer get
+    copied. Frozen, they are never walked; the worker's own garbage is collected as before.
 
     Returns:
         The number of objects frozen so far.
