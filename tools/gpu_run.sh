@@ -5,8 +5,10 @@
 #   3. bench-step, ResNet-50 TSN + each temporal module at batch 32, bf16 (the backbones' GPU table);
 #   4. the real trainer, `deepspeed pretrain/run.py --mask-ratio 0.75 --grid-n 2` (ViT-B, batch 32, bf16, demo data)
 #      for 60 steps at ZeRO 0 and ZeRO 2, with clips/s, mfu and data wait from its log;
-#   5. bench-loader's real multi-worker loader rows (4, 8, 12 workers);
-#   6. the CUDA tests.
+#   5. the real fine-tuning trainer for 30 steps, VideoMAE ViT-B and ResNet-50 TSN + TRM (step times, from which the
+#      protocols' per-training times on 8 GPUs follow);
+#   6. bench-loader's real multi-worker loader rows (4, 8, 12 workers);
+#   7. the CUDA tests.
 # Output: $OUT (default gpu_out/): one .txt per part, the training run folders, summary.txt (the trainer's figures).
 # DRY=1 runs the same commands at toy sizes on the CPU, which is how the script is tested (tests/test_gpu_script.py).
 set -uo pipefail
@@ -21,6 +23,8 @@ if [ "${DRY:-0}" = 1 ]; then
   ZERO=(0)
   LOADER=(--quick --no-reencode --grid-n 2 --samples-per-decode 2 --loader-workers 1 --loader-batch 2 --loader-seconds 1)
   REPEATS=(--repeats 1 --warmup 1)
+  FT_VIT=(--model vit_tiny --input-size 32 --num-frames 4 --batch-size 2 --num-workers 1 --max-steps 2)
+  FT_RESNET=(--model resnet18 --temporal trm --input-size 32 --num-frames 4 --batch-size 2 --num-workers 1 --max-steps 2)
 else
   VIT=(--model vit_base --input-size 224 --num-frames 16 --batch-size 32 64 128)
   RESNET=(--model resnet50 --batch-size 32)
@@ -28,6 +32,8 @@ else
   ZERO=(0 2)
   LOADER=(--no-reencode --grid-n 2 --samples-per-decode 2 --clips 5 --loader-workers 4 8 12 --loader-seconds 15)
   REPEATS=(--repeats 5 --warmup 2)
+  FT_VIT=(--model vit_base --batch-size 8 --num-workers 12 --max-steps 30)
+  FT_RESNET=(--model resnet50 --temporal trm --num-frames 8 --batch-size 8 --num-workers 12 --max-steps 30)
 fi
 
 part() {  # part NAME COMMAND...: run it under a time limit, keep its output, show its tail
@@ -56,12 +62,17 @@ for z in "${ZERO[@]}"; do
   part "train_zero$z" .venv/bin/deepspeed pretrain/run.py --mask-ratio 0.75 --grid-n 2 "${TRAIN[@]}" \
     --zero-stage "$z" --save-every 100000 --output-dir "$OUT/train_zero$z"
 done
+for ft in vit resnet; do
+  declare -n FT="FT_${ft^^}"
+  part "finetune_$ft" .venv/bin/deepspeed finetune/run.py "${FT[@]}" --log-every 5 --eval-every 100000 \
+    --save-every 100000 --output-dir "$OUT/finetune_$ft"
+done
 part bench_loader "$PY" -m launch.cli bench-loader "${LOADER[@]}"
 part cuda_tests "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py
 "$PY" - "$OUT" <<'PY' | tee "$OUT/summary.txt"
 import glob, json, os, statistics, sys
-for log in sorted(glob.glob(os.path.join(sys.argv[1], "train_zero*", "log.jsonl"))):
-    recs = [r for r in map(json.loads, open(log)) if r.get("kind", "train") == "train" and r["step"] > 10]
+for log in sorted(glob.glob(os.path.join(sys.argv[1], "*", "log.jsonl"))):
+    recs = [r for r in map(json.loads, open(log)) if r.get("kind", "train") == "train" and r["step"] > 5]
     recs = recs or [r for r in map(json.loads, open(log)) if r.get("kind", "train") == "train"]
     def med(key):
         vals = [r[key] for r in recs if r.get(key) is not None]
