@@ -50,13 +50,16 @@ from data.depth import _to_gray, depth_to_uint8, read_msr_bin  # noqa: F401 - de
 from data.readers import (  # noqa: F401 - decord, the readers and their probe, also reached through this module
     ASSUMED_FPS,
     DECORD_CONTAINERS,
+    INTRA_CODECS,
     _BinReader,
     _decord_safe_size,
     _decord_width_fails,
     _DecordReader,
+    _describe,
     _FolderReader,
     _IntraReader,
     _normalise_kind,
+    _probe,
     _PyAVReader,
     _Reader,
     _scan,
@@ -68,7 +71,9 @@ from data.readers import (  # noqa: F401 - decord, the readers and their probe, 
 from data.timeout import decode_with_timeout  # noqa: F401 - re-exported
 from data.transforms import Box
 from data.workers import (  # noqa: F401 - re-exported: older code reaches the worker tuning through this module
+    MMAP_THRESHOLD,
     THREAD_ENV_VARS,
+    TRIM_THRESHOLD,
     WORKER_THREADS_ENV,
     freeze_inherited_objects,
     keep_freed_memory,

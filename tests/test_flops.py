@@ -91,3 +91,20 @@ def test_runs_record_flops_and_log_mfu_with_a_peak(tmp_path, demo_dir):
     assert sorted(records) == [1, 2]
     for r in records.values():
         assert r["mfu"] == pytest.approx(derived["flops_per_clip_train"] * r["clips_per_s"] / 0.5e12, rel=1e-6)
+
+
+def test_a_failing_count_is_logged_and_the_run_goes_on():
+    import types
+
+    from launch.trainer import Trainer
+
+    said = []
+    trainer = Trainer.__new__(Trainer)  # only the log is needed
+    trainer.log = types.SimpleNamespace(info=said.append)
+
+    class Stage:
+        def one_clip_loss(self, model):
+            raise IndexError("no meta kernel for this op")
+
+    assert trainer.count_flops(Stage(), _tiny()) is None
+    assert said == ["FLOPs not counted (no meta kernel for this op); no mfu in the log"]
