@@ -231,7 +231,7 @@ class Trainer:
                                             world_size=info.world_size, precision=self.precision,
                                             zero_stage=cfg.zero_stage, clip_grad=cfg.clip_grad,
                                             bf16_overflow_check=cfg.bf16_overflow_check), cfg.ds_config)
-        flops = self.count_flops(stage, model)
+        flops = self.count_flops(stage, model) if info.is_main else None  # only rank 0 writes derived.json / logs
         peak = peak_tflops(device, self.precision, cfg.peak_tflops)
         if info.is_main:
             config_lib.write_run_files(cfg.output_dir, cfg, ds_cfg, d, extra={
