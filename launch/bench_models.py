@@ -264,7 +264,58 @@ def run_flops(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Memory probes and the fresh process (shared with pretrain.bench_step)
+# Shared with pretrain.bench_step: settings, memory probes, the fresh process
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepSettings:
+    """How a step benchmark runs each configuration (the flags both benchmarks share), apart from what it measures.
+
+    Keyword-only, so that each configuration's own fields come first and positionally.
+    """
+
+    threads: int = 1
+    warmup: int = 1
+    repeats: int = 3
+    device: str = "cpu"
+    seed: int = 0
+
+    def start(self) -> torch.device:
+        """Set torch's intra-op threads to ``threads``; returns the device to run on."""
+        torch.set_num_threads(self.threads)
+        return torch.device(self.device)
+
+
+def resolve_device(device: str) -> str:
+    """``--device``: ``auto`` is cuda when torch sees a CUDA device, else cpu.
+
+    Raises:
+        UserError: a cuda device on a machine where torch sees none.
+    """
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} but torch sees no CUDA device; use --device cpu")
+    return device
+
+
+def check_counts(args: argparse.Namespace, *extra: tuple[str, int, int]) -> None:
+    """Each shared count flag, each ``extra`` ``(flag, value, lowest)`` and each batch size is at least its lowest.
+
+    Raises:
+        UserError: the first that is not, by its flag.
+    """
+    checks = [("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0), ("--threads", args.threads or 1, 1),
+              ("--rounds", args.rounds, 1), *extra, *(("--batch-size", b, 1) for b in args.batch_size)]
+    for name, value, low in checks:
+        if value < low:
+            raise UserError(f"{name} {value} is below {low}; raise it")
+
+
+def step_settings(args: argparse.Namespace, device: str) -> dict[str, Any]:
+    """The `StepSettings` keywords of the shared flags (threads: torch's choice when ``--threads`` is unset)."""
+    return dict(threads=args.threads or torch.get_num_threads(), warmup=args.warmup, repeats=args.repeats,
+                device=device, seed=args.seed)
 
 
 def _proc_status_kib(field: str) -> int:
@@ -328,7 +379,7 @@ CLASSIFIER_DEFAULTS: dict[str, Any] = {"num_frames": 8, "batch_size": [2], "chec
 
 
 @dataclass(frozen=True)
-class ClassifierStepConfig:
+class ClassifierStepConfig(StepSettings):
     """One benchmarked classifier configuration (plain data, so it crosses to a spawned process)."""
 
     model: str
@@ -338,11 +389,6 @@ class ClassifierStepConfig:
     num_frames: int = 8
     input_size: int = 224
     num_classes: int = DEFAULT_NUM_CLASSES
-    threads: int = 1
-    warmup: int = 1
-    repeats: int = 3
-    device: str = "cpu"
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -390,12 +436,9 @@ def time_steps(step: Callable[[], None], device: torch.device, warmup: int, repe
 def measure_classifier(cfg: ClassifierStepConfig, fresh_process: bool = False) -> ClassifierResult:
     """Build the classifier for ``cfg`` and time ``cfg.warmup + cfg.repeats`` forward + backward steps.
 
-    Args:
-        cfg: the configuration.
-        fresh_process: this process has run nothing else (CPU memory is measured only then).
+    ``fresh_process``: this process has run nothing else (CPU memory is measured only then).
     """
-    torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
+    device = cfg.start()
     options = _options(cfg.temporal, None)
     gflops = count(cfg.model, cfg.num_frames, cfg.input_size, cfg.num_classes, **options)[0]
     torch.manual_seed(cfg.seed)
@@ -492,30 +535,12 @@ def format_classifier_table(results: list[ClassifierResult]) -> str:
 
 
 def _classifier_configs(args: argparse.Namespace) -> list[ClassifierStepConfig]:
-    if args.device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        device = args.device
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"--device {device} but torch sees no CUDA device; use --device cpu")
-    checks = [
-        ("--repeats", args.repeats, 1),
-        ("--warmup", args.warmup, 0),
-        ("--threads", args.threads or 1, 1),
-        ("--rounds", args.rounds, 1),
-        ("--num-frames", args.num_frames, 1),
-        ("--input-size", args.input_size, 32),
-    ]
-    for name, value, low in checks + [("--batch-size", b, 1) for b in args.batch_size]:
-        if value < low:
-            raise UserError(f"{name} {value} is below {low}; raise it")
+    device = resolve_device(args.device)
+    check_counts(args, ("--num-frames", args.num_frames, 1), ("--input-size", args.input_size, 32))
     if len(set(args.temporal)) != len(args.temporal):
         raise UserError(f"--temporal {' '.join(args.temporal)} names a module twice; name each once")
-    common = dict(
-        num_frames=args.num_frames, input_size=args.input_size, num_classes=DEFAULT_NUM_CLASSES,
-        threads=args.threads or torch.get_num_threads(), warmup=args.warmup, repeats=args.repeats, device=device,
-        seed=args.seed,
-    )  # fmt: skip
+    common = dict(num_frames=args.num_frames, input_size=args.input_size, num_classes=DEFAULT_NUM_CLASSES,
+                  **step_settings(args, device))
     configs = [
         ClassifierStepConfig(args.model, temporal, batch, ckpt == "on", **common)
         for batch in args.batch_size
@@ -543,6 +568,24 @@ def merge_rounds(results: list) -> Any:
     )
 
 
+def run_rounds(configs: list[Any], rounds: int, measure: Callable[[Any], Any], label: Callable[[Any], str],
+               note: Callable[[Any, Any], str] = lambda cfg, result: "") -> list[Any]:
+    """``rounds`` whole sweeps of ``measure`` over ``configs``; the merged rounds (`merge_rounds`) of each config.
+
+    Prints a line per measurement: ``label(cfg)``, the step times, ``note(cfg, result)`` and the load average.
+    """
+    results: dict[Any, list[Any]] = {cfg: [] for cfg in configs}
+    for i in range(rounds):
+        # Whole sweeps one after another, so a busy spell on the machine spreads over every configuration.
+        for cfg in configs:
+            result = measure(cfg)
+            results[cfg].append(result)
+            times = " ".join(f"{t:.3f}" for t in result.seconds)
+            print(f"  round {i + 1}: {label(cfg)}: {times} s ({note(cfg, result)}load {os.getloadavg()[0]:.2f})",
+                  flush=True)
+    return [merge_rounds(r) for r in results.values()]
+
+
 def print_header(first: Any, in_process: bool) -> None:
     """The first line of a step benchmark (versions, device, threads, precision) and how memory is measured."""
     device = torch.device(first.device)
@@ -559,6 +602,10 @@ def print_header(first: Any, in_process: bool) -> None:
     print(f"memory: {memory}; peak = during the steps, +step = peak minus what was resident before them")
 
 
+def _label(cfg: ClassifierStepConfig) -> str:
+    return f"{cfg.temporal:<5} ckpt {'on ' if cfg.checkpointing else 'off'} batch {cfg.batch_size}"
+
+
 def run_classifier_bench(args: argparse.Namespace) -> int:
     """``timemae bench-step`` for a frame-level classifier (``--model resnet50 --temporal none tsm ...``)."""
     args = with_defaults(args, CLASSIFIER_DEFAULTS)
@@ -573,21 +620,9 @@ def run_classifier_bench(args: argparse.Namespace) -> int:
     )
     print(f"GFLOPs: forward per clip, {HALVING_NOTE}; {COUNTED_NOTE}")
     print(f"load average (1 min) at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    rounds: dict[ClassifierStepConfig, list[ClassifierResult]] = {cfg: [] for cfg in configs}
-    for i in range(args.rounds):
-        # Whole sweeps one after another, so a busy spell on the machine spreads over every configuration.
-        for cfg in configs:
-            result = measure_classifier(cfg) if args.in_process else _run_fresh(cfg)
-            rounds[cfg].append(result)
-            print(
-                f"  round {i + 1}: {cfg.temporal:<5} ckpt {'on ' if cfg.checkpointing else 'off'} batch "
-                f"{cfg.batch_size}: "
-                + " ".join(f"{t:.3f}" for t in result.seconds)
-                + f" s (load {os.getloadavg()[0]:.2f})",
-                flush=True,
-            )
+    results = run_rounds(configs, args.rounds, measure_classifier if args.in_process else _run_fresh, _label)
     print()
-    print(format_classifier_table([merge_rounds(r) for r in rounds.values()]))
+    print(format_classifier_table(results))
     return 0
 
 

@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from common.errors import UserError
-from models.checkpoint import KeyMapping, grouped, load_file, load_mapping, prefix_label
+from models.checkpoint import KeyMapping, grouped, load_file, load_mapping, prefix_label, state_dict_of
 from models.temporal import TEMPORAL_MODULES, build_temporal
 
 RESNET_STAGES = (1, 2, 3, 4)
@@ -566,17 +566,10 @@ TSN_FILTERS: dict[str, Callable[..., TSNKeyMapping]] = {
 
 def unwrap_state(obj: Mapping[str, Any], path: str = "checkpoint") -> dict[str, Tensor]:
     """The state_dict of a loaded file: ``obj['model']``, ``['state_dict']``, ``['module']``, or ``obj`` itself."""
-    state: Any = obj
     for wrapper in ("model", "state_dict", "module"):
         if wrapper in obj:
-            state = obj[wrapper]
-            break
-    if not isinstance(state, Mapping) or not state:
-        raise UserError(f"{path} is not a recognised checkpoint: no non-empty state_dict in it")
-    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
-    if bad:
-        raise UserError(f"{path} is not a recognised checkpoint: non-tensor entries such as {bad[:3]}")
-    return dict(state)
+            return state_dict_of(obj[wrapper], path, f"its {wrapper!r} entry")
+    return state_dict_of(obj, path, "the file")
 
 
 def detect_tsn_source(obj: Mapping[str, Any], path: str = "checkpoint") -> str:

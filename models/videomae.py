@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from common.constants import IMAGENET_MEAN, IMAGENET_STD
 from models.linear import Linear
-from models.vit_layers import LN_EPS, init_trunc_normal, init_xavier, make_blocks, run_blocks
+from models.vit_layers import LN_EPS, BlockConfig, init_trunc_normal, init_xavier, make_blocks, run_blocks
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Geometry, position table, targets
@@ -180,6 +180,7 @@ class PatchEmbed(nn.Module):
         self.tubelet_size = int(tubelet_size)
         self.num_frames = int(num_frames)
         self.in_chans = int(in_chans)
+        self.embed_dim = int(embed_dim)
         (height, width), ps, ts = self.img_size, self.patch_size, self.tubelet_size
         if height % ps or width % ps or self.num_frames % ts:
             raise ValueError(
@@ -247,7 +248,9 @@ class TokenGeometry:
 class VideoMAEEncoder(TokenGeometry, nn.Module):
     """Tubelet embedding + sinusoid positions + blocks + final norm (identity when ``final_norm`` is False).
 
-    Dropout on the embedded tokens (``pos_drop_rate``) exists in the release's classifier only.
+    Built by the two models from their own (the release's) keywords: ``patch_embed`` sets the geometry and width,
+    ``blocks`` the settings of the ``depth`` blocks. Dropout on the embedded tokens (``pos_drop_rate``) exists in the
+    release's classifier only.
 
     State dict: ``patch_embed.proj.*``, ``blocks.{i}.*``, ``norm.*`` (the pretraining model's ``encoder.`` part, and
     the top level of the classifier).
@@ -255,34 +258,21 @@ class VideoMAEEncoder(TokenGeometry, nn.Module):
 
     def __init__(
         self,
-        img_size: int | tuple[int, int] = 224,
-        patch_size: int = PATCH_SIZE,
-        in_chans: int = 3,
-        embed_dim: int = 768,
-        depth: int = 12,
-        num_heads: int = 12,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        drop_rate: float = 0.0,
-        attn_drop_rate: float = 0.0,
-        drop_path_rate: float = 0.0,
-        init_values: float = 0.0,
-        num_frames: int = 16,
-        tubelet_size: int = TUBELET_SIZE,
+        patch_embed: PatchEmbed,
+        depth: int,
+        num_heads: int,
+        blocks: BlockConfig,
         final_norm: bool = True,
         pos_drop_rate: float = 0.0,
-        attn_impl: str = "sdpa",
         use_checkpoint: bool = False,
     ):
         super().__init__()
+        embed_dim = patch_embed.embed_dim
         self.embed_dim = self.num_features = embed_dim
         self.depth = depth
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, num_frames, tubelet_size)
+        self.patch_embed = patch_embed
         self.pos_drop = nn.Dropout(pos_drop_rate)
-        self.blocks = make_blocks(
-            embed_dim, depth, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, drop_path_rate, init_values,
-            attn_impl,
-        )  # fmt: skip
+        self.blocks = make_blocks(embed_dim, depth, num_heads, blocks)
         self.norm = nn.LayerNorm(embed_dim, eps=LN_EPS) if final_norm else nn.Identity()
         self.grad_checkpointing = use_checkpoint
 
@@ -364,20 +354,16 @@ class VideoMAEPretrain(TokenGeometry, nn.Module):
                 f"decoder_num_classes={decoder_num_classes} but a {tubelet_size}x{patch_size}x{patch_size} tubelet of "
                 f"{encoder_in_chans} channels has {target_dim} values"
             )
+        # Encoder and decoder blocks share these settings, as in the release.
+        blocks = BlockConfig(mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, drop_path_rate, init_values, attn_impl)
         self.encoder = VideoMAEEncoder(
-            img_size=img_size, patch_size=patch_size, in_chans=encoder_in_chans, embed_dim=encoder_embed_dim,
-            depth=encoder_depth, num_heads=encoder_num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-            drop_rate=drop_rate, attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, init_values=init_values,
-            num_frames=num_frames, tubelet_size=tubelet_size, final_norm=True, attn_impl=attn_impl,
-            use_checkpoint=use_checkpoint,
+            PatchEmbed(img_size, patch_size, encoder_in_chans, encoder_embed_dim, num_frames, tubelet_size),
+            encoder_depth, encoder_num_heads, blocks, final_norm=True, use_checkpoint=use_checkpoint,
         )  # fmt: skip
         self.encoder_to_decoder = Linear(encoder_embed_dim, decoder_embed_dim, bias=False)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_embed_dim))
         self.decoder = nn.Module()
-        self.decoder.blocks = make_blocks(
-            decoder_embed_dim, decoder_depth, decoder_num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
-            drop_path_rate, init_values, attn_impl,
-        )  # fmt: skip
+        self.decoder.blocks = make_blocks(decoder_embed_dim, decoder_depth, decoder_num_heads, blocks)
         self.decoder.norm = nn.LayerNorm(decoder_embed_dim, eps=LN_EPS)
         self.decoder.head = Linear(decoder_embed_dim, target_dim)
         self.decoder_embed_dim = decoder_embed_dim
@@ -547,11 +533,9 @@ class VideoMAEClassifier(VideoMAEEncoder):
         attn_impl: str = "sdpa",
     ):
         super().__init__(
-            img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim, depth=depth,
-            num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, drop_rate=drop_rate,
-            attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, init_values=init_values,
-            num_frames=all_frames, tubelet_size=tubelet_size, final_norm=not use_mean_pooling,
-            pos_drop_rate=drop_rate, attn_impl=attn_impl, use_checkpoint=use_checkpoint,
+            PatchEmbed(img_size, patch_size, in_chans, embed_dim, all_frames, tubelet_size), depth, num_heads,
+            BlockConfig(mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, drop_path_rate, init_values, attn_impl),
+            final_norm=not use_mean_pooling, pos_drop_rate=drop_rate, use_checkpoint=use_checkpoint,
         )  # fmt: skip
         self.use_mean_pooling = use_mean_pooling
         self.num_classes = num_classes

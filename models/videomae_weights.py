@@ -307,11 +307,7 @@ def init_classifier_from(model: VideoMAEClassifier, path: str | os.PathLike, res
     (``reset_head=None``, the release's behaviour), or is an error (``reset_head=False``, fine-tuning's default: the
     error names ``--reset-head``); ``reset_head=True`` never loads the file's head.
 
-    Returns:
-        The mapping report (several lines) for the caller to print or log.
-
-    Raises:
-        UserError: unreadable file, keys that do not match exactly, or a shape difference (the key and both shapes).
+    Returns and raises as `init_pretrain_from`.
     """
     if not isinstance(model, VideoMAEClassifier):
         raise TypeError(f"init_classifier_from needs a VideoMAEClassifier, got {type(model).__name__}")

@@ -8,6 +8,8 @@ exact GELU, as in the release, so its checkpoints load strictly.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -102,30 +104,38 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.act(self.fc1(x))))
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block; ``init_values > 0`` adds layer scale (``gamma_1`` / ``gamma_2``)."""
+@dataclass(frozen=True)
+class BlockConfig:
+    """The settings every block of one stack shares, under the release's keyword names: the models take them as
+    keywords and pass them down as this one value."""
 
-    def __init__(
-        self,
-        dim: int,
-        num_heads: int,
-        mlp_ratio: float = 4.0,
-        qkv_bias: bool = True,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        drop_path: float = 0.0,
-        init_values: float = 0.0,
-        attn_impl: str = "sdpa",
-    ):
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.0  # of the last block; see `make_blocks`
+    init_values: float = 0.0
+    attn_impl: str = "sdpa"
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block; ``init_values > 0`` adds layer scale (``gamma_1`` / ``gamma_2``).
+
+    ``drop_path``: this block's stochastic-depth rate (``config.drop_path_rate`` is the stack's largest).
+    """
+
+    def __init__(self, dim: int, num_heads: int, config: BlockConfig, drop_path: float = 0.0):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop, attn_impl)
+        self.attn = Attention(
+            dim, num_heads, config.qkv_bias, config.attn_drop_rate, config.drop_rate, config.attn_impl
+        )
         self.drop_path = drop_path
         self.norm2 = nn.LayerNorm(dim, eps=LN_EPS)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
-        if init_values > 0:
-            self.gamma_1 = nn.Parameter(init_values * torch.ones(dim))
-            self.gamma_2 = nn.Parameter(init_values * torch.ones(dim))
+        self.mlp = Mlp(dim, int(dim * config.mlp_ratio), config.drop_rate)
+        if config.init_values > 0:
+            self.gamma_1 = nn.Parameter(config.init_values * torch.ones(dim))
+            self.gamma_2 = nn.Parameter(config.init_values * torch.ones(dim))
         else:
             self.register_parameter("gamma_1", None)
             self.register_parameter("gamma_2", None)
@@ -146,24 +156,10 @@ class Block(nn.Module):
         return self._residual(x, self.mlp(self.norm2(x)), self.gamma_2), attn
 
 
-def make_blocks(
-    dim: int,
-    depth: int,
-    num_heads: int,
-    mlp_ratio: float,
-    qkv_bias: bool,
-    drop_rate: float,
-    attn_drop_rate: float,
-    drop_path_rate: float,
-    init_values: float,
-    attn_impl: str,
-) -> nn.ModuleList:
+def make_blocks(dim: int, depth: int, num_heads: int, config: BlockConfig) -> nn.ModuleList:
     # Stochastic depth grows linearly from 0 to drop_path_rate over the blocks.
-    rates = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()
-    return nn.ModuleList(
-        Block(dim, num_heads, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rate, init_values, attn_impl)
-        for rate in rates
-    )
+    rates = torch.linspace(0, config.drop_path_rate, depth, device="cpu").tolist()
+    return nn.ModuleList(Block(dim, num_heads, config, rate) for rate in rates)
 
 
 def run_blocks(blocks: nn.ModuleList, x: Tensor, grad_checkpointing: bool) -> Tensor:

@@ -34,10 +34,14 @@ import torch
 
 from common.errors import UserError
 from launch.bench_models import (
-    merge_rounds,
+    StepSettings,
+    check_counts,
     print_header,
+    resolve_device,
     run_classifier_bench,
     run_fresh,
+    run_rounds,
+    step_settings,
     time_steps,
     with_defaults,
 )
@@ -57,7 +61,7 @@ VIDEOMAE_DEFAULTS = {"num_frames": 16, "batch_size": [1], "checkpointing": ["off
 
 
 @dataclass(frozen=True)
-class StepConfig:
+class StepConfig(StepSettings):
     """One benchmarked configuration (plain data, so it crosses to a spawned process)."""
 
     model: str
@@ -67,11 +71,6 @@ class StepConfig:
     checkpointing: bool
     num_frames: int = 16
     input_size: int = 224
-    threads: int = 1
-    warmup: int = 1
-    repeats: int = 3
-    device: str = "cpu"
-    seed: int = 0
     compile: bool = False
 
 
@@ -114,12 +113,9 @@ def _sdpa_backend(q: torch.Tensor, scale: float) -> str:
 def measure(cfg: StepConfig, fresh_process: bool = False) -> StepResult:
     """Build the model for ``cfg`` and time ``cfg.warmup + cfg.repeats`` pretraining steps.
 
-    Args:
-        cfg: the configuration.
-        fresh_process: this process has run nothing else (CPU memory is measured only then).
+    ``fresh_process``: this process has run nothing else (CPU memory is measured only then).
     """
-    torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
+    device = cfg.start()
     torch.manual_seed(cfg.seed)
     model = build_pretrain(
         cfg.model,
@@ -305,27 +301,15 @@ def _configs(args: argparse.Namespace) -> list[StepConfig]:
             f"--temporal {' '.join(args.temporal)} inserts into ResNet classifiers (resnet18, resnet50, "
             f"resnet101); --model {args.model} takes --temporal none"
         )
-    if args.device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        device = args.device
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError(f"--device {device} but torch sees no CUDA device; use --device cpu")
+    device = resolve_device(args.device)
     if args.input_size <= 0 or args.num_frames <= 0:
         raise UserError(f"--num-frames {args.num_frames} --input-size {args.input_size}: both must be positive")
     check_input(args.model, args.num_frames, args.input_size)
-    checks = [("--repeats", args.repeats, 1), ("--warmup", args.warmup, 0), ("--threads", args.threads or 1, 1),
-              ("--rounds", args.rounds, 1)]  # fmt: skip
-    for name, value, low in checks + [("--batch-size", b, 1) for b in args.batch_size]:
-        if value < low:
-            raise UserError(f"{name} {value} is below {low}; raise it")
+    check_counts(args)
     grid = (args.num_frames // TUBELET_SIZE, args.input_size // PATCH_SIZE, args.input_size // PATCH_SIZE)
     for ratio in args.mask_ratio:
         validate_mask_ratio(ratio, grid)
-    common = dict(
-        num_frames=args.num_frames, input_size=args.input_size, threads=args.threads or torch.get_num_threads(),
-        warmup=args.warmup, repeats=args.repeats, device=device, seed=args.seed,
-    )  # fmt: skip
+    common = dict(num_frames=args.num_frames, input_size=args.input_size, **step_settings(args, device))
     return [
         StepConfig(args.model, ratio, batch, impl, ckpt == "on", **common, compile=comp == "on")
         for ratio in args.mask_ratio
@@ -334,6 +318,17 @@ def _configs(args: argparse.Namespace) -> list[StepConfig]:
         for impl in args.attention
         for comp in dict.fromkeys(args.compile)
     ]
+
+
+def _label(cfg: StepConfig) -> str:
+    on = {True: "on ", False: "off"}
+    return (f"{cfg.attn_impl:<5} ckpt {on[cfg.checkpointing]} compile {on[cfg.compile]} mask {cfg.mask_ratio:.2f} "
+            f"batch {cfg.batch_size}")
+
+
+def _note(cfg: StepConfig, result: StepResult) -> str:
+    kernel = f"SDPA kernel {result.sdpa_backend}" if cfg.attn_impl == "sdpa" else "explicit softmax"
+    return f"{result.visible_tokens} encoder tokens, {result.decoded_tokens} decoded per clip; {kernel}; "
 
 
 def run(args: argparse.Namespace) -> int:
@@ -354,25 +349,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"linear layers: {gemm}; the same on both attention paths")
     # Other processes on the machine stretch wall-clock steps: the load average and the min/max show how much.
     print(f"load average (1 min) at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    rounds: dict[StepConfig, list[StepResult]] = {cfg: [] for cfg in configs}
-    for i in range(args.rounds):
-        # Whole sweeps one after another, so a busy spell on the machine spreads over every configuration.
-        for cfg in configs:
-            result = measure(cfg) if args.in_process else _run_fresh(cfg)
-            rounds[cfg].append(result)
-            kernel = f"SDPA kernel {result.sdpa_backend}" if cfg.attn_impl == "sdpa" else "explicit softmax"
-            print(
-                f"  round {i + 1}: {cfg.attn_impl:<5} ckpt {'on ' if cfg.checkpointing else 'off'} compile "
-                f"{'on ' if cfg.compile else 'off'} mask "
-                f"{cfg.mask_ratio:.2f} batch {cfg.batch_size}: "
-                + " ".join(f"{t:.3f}" for t in result.seconds)
-                + f" s ({result.visible_tokens} encoder tokens, {result.decoded_tokens} decoded per clip; {kernel}; "
-                f"load {os.getloadavg()[0]:.2f})",
-                flush=True,
-            )
+    results = run_rounds(configs, args.rounds, measure if args.in_process else _run_fresh, _label, _note)
     print()
     peak = peak_tflops(device, "bf16" if device.type == "cuda" else "fp32", args.peak_tflops)
-    print(format_table([merge_rounds(r) for r in rounds.values()], peak))
+    print(format_table(results, peak))
     return 0
 
 

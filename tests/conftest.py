@@ -1,4 +1,5 @@
-"""Shared fixtures: the demo dataset (generated once per test session) and a runner for the training scripts."""
+"""Shared fixtures and helpers: the demo dataset (generated once per test session), a runner for the training
+scripts, and checks of how a run ends."""
 
 import os
 import subprocess
@@ -73,3 +74,32 @@ def kill_after_checkpoint(cmd: list[str], run: Path, step: int, env: dict | None
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert marker.exists(), "the run never wrote its checkpoint"
+
+
+def check_usage_error(out: subprocess.CompletedProcess, message: str) -> None:
+    """A script refused its input as a usage error: exit status 2, and one error line in stderr that holds
+    ``message``."""
+    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
+    lines = [ln for ln in out.stderr.splitlines() if "error" in ln]
+    assert len(lines) == 1 and message in lines[0], out.stderr[-2000:]
+
+
+def checkpoint_on_sigusr1(args: list[str], run: Path, demo: Path) -> None:
+    """Start a training script (``args`` after the interpreter) on the demo data, send it SIGUSR1 once it has logged
+    a step, and check that it checkpoints and exits 0 with no SLURM job to requeue."""
+    import signal
+    import time
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TIMEMAE_DEMO_DIR": str(demo)}
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not (run / "log.jsonl").exists() or not (run / "log.jsonl").read_text().strip():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"the run ended before logging a step:\n{proc.communicate()[0][-3000:]}")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGUSR1)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-3000:]
+    assert "received SIGUSR1: checkpointing at step" in out and "not a SLURM job: not requeued" in out

@@ -2,16 +2,14 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, kill_after_checkpoint, run_script
+from conftest import check_usage_error, checkpoint_on_sigusr1, kill_after_checkpoint, run_script
 
 TINY = ["--model", "vit_tiny", "--input-size", "32", "--num-frames", "4", "--grid-n", "2", "--batch-size", "4",
         "--num-workers", "0", "--log-every", "1", "--shuffle-buffer", "8"]
@@ -271,19 +269,7 @@ def test_sigkill_and_resume_reproduce_the_uninterrupted_run(demo_dir, tmp_path):
 def test_sigusr1_checkpoints_at_the_next_step(demo_dir, tmp_path):
     run = tmp_path / "run"
     args = ["finetune/run.py", *TINY, "--max-steps", "400", "--eval-every", "1000", "--output-dir", str(run)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TIMEMAE_DEMO_DIR": str(demo_dir)}
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while not (run / "log.jsonl").exists() or not (run / "log.jsonl").read_text().strip():
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"the run ended before logging a step:\n{proc.communicate()[0][-3000:]}")
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGUSR1)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
-    assert "received SIGUSR1: checkpointing at step" in out and "not a SLURM job: not requeued" in out
+    checkpoint_on_sigusr1(args, run, demo_dir)
     stopped = max(read_log(run, "train"))
     assert stopped < 400 and (run / "checkpoints" / f"step_{stopped:08d}" / "COMPLETE").is_file()
 
@@ -388,7 +374,5 @@ def test_bad_input_is_one_line_and_exit_2(demo_dir, tmp_path, flags, message):
     flags = [swap.get(f, f) for f in flags]
     out = run_script(["finetune/run.py", *TINY, "--max-steps", "1", "--output-dir", str(tmp_path / "r"), *flags],
                      demo=demo_dir, timeout=300)
-    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
-    lines = [ln for ln in out.stderr.splitlines() if "error" in ln]
-    assert len(lines) == 1 and message in lines[0], out.stderr[-2000:]
+    check_usage_error(out, message)
     assert "Traceback" not in out.stderr

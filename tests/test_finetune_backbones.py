@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import kill_after_checkpoint, read_log, run_script
+from conftest import check_usage_error, kill_after_checkpoint, read_log, run_script
 
 R18 = ["--model", "resnet18", "--input-size", "32", "--num-frames", "4", "--grid-n", "2", "--batch-size", "2",
        "--num-workers", "1", "--log-every", "1", "--shuffle-buffer", "8"]
@@ -136,9 +136,7 @@ def test_bad_backbone_input_is_one_line_and_exit_2(demo_dir, tmp_path, flags, me
         args = [a for i, a in enumerate(R18) if a != "--model" and (i == 0 or R18[i - 1] != "--model")]
     out = run_script(["finetune/run.py", *args, "--max-steps", "1", "--output-dir", str(tmp_path / "r"), *flags],
                      demo=demo_dir, timeout=300)
-    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
-    lines = [ln for ln in out.stderr.splitlines() if "error" in ln]
-    assert len(lines) == 1 and message in lines[0], out.stderr[-2000:]
+    check_usage_error(out, message)
     assert "Traceback" not in out.stderr
 
 

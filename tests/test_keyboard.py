@@ -2,6 +2,7 @@
 shows at once (a progress bar on a terminal), loader workers fit the cores, the demo data is announced, bad input
 fails before the distributed start-up and leaves nothing behind."""
 
+import contextlib
 import json
 import os
 import pty
@@ -9,10 +10,11 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_script
+from conftest import ROOT, check_usage_error, run_script
 
 TINY = ["--model", "vit_tiny", "--input-size", "32", "--num-frames", "4", "--grid-n", "2", "--mask-ratio", "0.75",
         "--batch-size", "2", "--shuffle-buffer", "8", "--recon-every", "0"]
@@ -36,18 +38,34 @@ def _wait_for_a_logged_step(proc: subprocess.Popen, run: Path) -> None:
         time.sleep(0.05)
 
 
+def _pretrain_args(run: Path, workers: int, log_every: int) -> list[str]:
+    """A 400-step pretraining run that saves no checkpoint of its own accord: only a signal stops it early."""
+    return ["pretrain/run.py", *TINY, "--num-workers", str(workers), "--log-every", str(log_every), "--save-every",
+            "1000", "--max-steps", "400", "--output-dir", str(run)]
+
+
+@contextlib.contextmanager
+def _running(cmd: list[str], demo_dir: Path, run: Path, **pipes: int) -> Iterator[subprocess.Popen]:
+    """``cmd`` in its own process group, once its run has logged a step; the group is killed on the way out if it
+    is still running, so that a failing test leaves no run behind."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(demo_dir), text=True, start_new_session=True, **pipes)
+    try:
+        _wait_for_a_logged_step(proc, run)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_a_signal_to_the_process_group_checkpoints_at_the_next_step_and_resume_continues(demo_dir, tmp_path, sig):
     # As a terminal's Ctrl-C (SIGINT) or `timeout` (SIGTERM) does: the signal goes to the whole process group, loader
     # workers included. The run finishes its step, writes a checkpoint, logs the step and exits 0; no worker dies.
     run = tmp_path / "run"
-    args = ["pretrain/run.py", *TINY, "--num-workers", "1", "--log-every", "1000", "--save-every", "1000",
-            "--max-steps", "400", "--output-dir", str(run)]
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=_env(demo_dir), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    _wait_for_a_logged_step(proc, run)
-    os.killpg(proc.pid, sig)
-    out, err = proc.communicate(timeout=300)
+    args = _pretrain_args(run, workers=1, log_every=1000)
+    with _running([sys.executable, *args], demo_dir, run, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        os.killpg(proc.pid, sig)
+        out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-2000:] + err[-3000:]
     assert "Traceback" not in err and "DataLoader worker" not in err, err[-3000:]
     name = signal.Signals(sig).name
@@ -68,20 +86,17 @@ def test_a_signal_to_the_process_group_checkpoints_at_the_next_step_and_resume_c
 
 def test_a_second_sigint_aborts_at_once(demo_dir, tmp_path):
     run = tmp_path / "run"
-    args = ["pretrain/run.py", *TINY, "--num-workers", "0", "--log-every", "1", "--save-every", "1000",
-            "--max-steps", "400", "--output-dir", str(run)]
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=_env(demo_dir), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
-    _wait_for_a_logged_step(proc, run)
-    proc.send_signal(signal.SIGINT)
-    for line in proc.stderr:  # the first one is handled: the run is on its way to a checkpoint
-        if "SIGINT: stopping" in line:
-            break
-    else:
-        pytest.fail(f"no stop message (exit {proc.wait()})")
-    proc.send_signal(signal.SIGINT)
-    t0 = time.time()
-    proc.wait(timeout=60)
+    cmd = [sys.executable, *_pretrain_args(run, workers=0, log_every=1)]
+    with _running(cmd, demo_dir, run, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as proc:
+        proc.send_signal(signal.SIGINT)
+        for line in proc.stderr:  # the first one is handled: the run is on its way to a checkpoint
+            if "SIGINT: stopping" in line:
+                break
+        else:
+            pytest.fail(f"no stop message (exit {proc.wait()})")
+        proc.send_signal(signal.SIGINT)
+        t0 = time.time()
+        proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGINT and time.time() - t0 < 5
     assert not (run / "checkpoints").exists()
 
@@ -200,9 +215,7 @@ def test_bad_input_fails_before_the_distributed_start_up_and_leaves_no_run_folde
     run = tmp_path / "run"
     extra = FINETUNE_TINY if script == "finetune/run.py" else TINY
     out = run_script([script, *extra, "--max-steps", "1", "--output-dir", str(run), *flags], demo=demo_dir)
-    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
-    lines = [ln for ln in out.stderr.splitlines() if "error" in ln]
-    assert len(lines) == 1 and message in lines[0], out.stderr[-2000:]
+    check_usage_error(out, message)
     assert "launcher:" not in out.stdout  # the distributed start-up was not reached
     assert not run.exists()
 
@@ -210,12 +223,11 @@ def test_bad_input_fails_before_the_distributed_start_up_and_leaves_no_run_folde
 DEEPSPEED = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", "2", "--master_port"]
 
 
-def _two_ranks(demo_dir: Path, run: Path, port_offset: int) -> subprocess.Popen:
+def _two_ranks(demo_dir: Path, run: Path, port_offset: int) -> contextlib.AbstractContextManager[subprocess.Popen]:
+    """A two-rank run under the deepspeed launcher, as `_running`; stdout and stderr in one pipe."""
     port = str(31500 + os.getpid() % 1000 + port_offset)
-    cmd = [*DEEPSPEED, port, "pretrain/run.py", *TINY, "--num-workers", "1", "--log-every", "1", "--save-every",
-           "1000", "--max-steps", "400", "--output-dir", str(run)]
-    return subprocess.Popen(cmd, cwd=ROOT, env=_env(demo_dir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    cmd = [*DEEPSPEED, port, *_pretrain_args(run, workers=1, log_every=1)]
+    return _running(cmd, demo_dir, run, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 @pytest.mark.slow
@@ -223,14 +235,9 @@ def test_ctrl_c_under_the_deepspeed_launcher_checkpoints_every_rank(demo_dir, tm
     # A terminal's Ctrl-C: SIGINT to every process of the group (launcher, ranks, loader workers); DeepSpeed's launcher
     # then sends SIGTERM to every process under each rank, and SIGKILL 30 s later.
     run = tmp_path / "run"
-    proc = _two_ranks(demo_dir, run, 0)
-    try:
-        _wait_for_a_logged_step(proc, run)
+    with _two_ranks(demo_dir, run, 0) as proc:
         os.killpg(proc.pid, signal.SIGINT)
         out, _ = proc.communicate(timeout=120)  # returns once every process holding the pipe is gone
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     stopped = _steps(run)[-1]
     ckpt = run / "checkpoints" / f"step_{stopped:08d}"
     assert (ckpt / "COMPLETE").is_file(), out[-3000:]
@@ -246,17 +253,12 @@ def test_when_a_rank_dies_the_others_end_too(demo_dir, tmp_path):
     import psutil
 
     run = tmp_path / "run"
-    proc = _two_ranks(demo_dir, run, 7)
-    try:
-        _wait_for_a_logged_step(proc, run)
+    with _two_ranks(demo_dir, run, 7) as proc:
         procs = psutil.Process(proc.pid).children(recursive=True)
         launch = next(p for p in procs if "deepspeed.launcher.launch" in " ".join(p.cmdline()))
         victim = next(p for p in launch.children() if p.environ().get("LOCAL_RANK") == "1")  # a rank, not a worker
         victim.kill()
         t0 = time.time()
         out, _ = proc.communicate(timeout=150)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode != 0 and time.time() - t0 < 90, out[-3000:]
     assert not [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]

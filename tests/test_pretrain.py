@@ -2,14 +2,12 @@
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, kill_after_checkpoint, run_script
+from conftest import check_usage_error, checkpoint_on_sigusr1, kill_after_checkpoint, run_script
 
 TINY = ["--model", "vit_tiny", "--input-size", "32", "--num-frames", "4", "--grid-n", "2", "--mask-ratio", "0.75",
         "--batch-size", "2", "--num-workers", "0", "--log-every", "1", "--shuffle-buffer", "8"]
@@ -175,9 +173,7 @@ def test_bad_input_is_one_line_and_exit_2(demo_dir, tmp_path, flags, message):
     flags = [str(demo_dir / "shards" / "train") if f == "DEMO_RGB" else f for f in flags]
     out = run_script(["pretrain/run.py", *TINY, "--max-steps", "1", "--output-dir", str(tmp_path / "r"), *flags],
                      demo=demo_dir, timeout=300)
-    assert out.returncode == 2, out.stdout[-2000:] + out.stderr[-2000:]
-    lines = [ln for ln in out.stderr.splitlines() if "error" in ln]
-    assert len(lines) == 1 and message in lines[0], out.stderr[-2000:]
+    check_usage_error(out, message)
     assert "Traceback" not in out.stderr
 
 
@@ -185,19 +181,7 @@ def test_sigusr1_checkpoints_at_the_next_step_and_the_run_continues_from_it(demo
     run = tmp_path / "run"
     args = ["pretrain/run.py", *TINY, "--max-steps", "400", "--save-every", "1000", "--recon-every", "0",
             "--output-dir", str(run)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "TIMEMAE_DEMO_DIR": str(demo_dir)}
-    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 300
-    while not (run / "log.jsonl").exists() or not (run / "log.jsonl").read_text().strip():
-        if proc.poll() is not None or time.time() > deadline:
-            proc.kill()
-            pytest.fail(f"the run ended before logging a step:\n{proc.communicate()[0][-3000:]}")
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGUSR1)
-    out, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, out[-3000:]
-    assert "received SIGUSR1: checkpointing at step" in out and "not a SLURM job: not requeued" in out
+    checkpoint_on_sigusr1(args, run, demo_dir)
     stopped = max(read_log(run))
     assert stopped < 400
     assert (run / "checkpoints" / f"step_{stopped:08d}" / "COMPLETE").is_file()

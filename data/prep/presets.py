@@ -12,6 +12,7 @@ located).
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import os
 import re
@@ -27,20 +28,13 @@ log = logging.getLogger(__name__)
 
 PARTITIONS = ("train", "test", "all")
 
-# TIME paper Table 3 column order: (split name, training views, testing view).
-UWA3D_PAIRS: tuple[tuple[str, tuple[int, int], int], ...] = (
-    ("v12_v3", (1, 2), 3),
-    ("v12_v4", (1, 2), 4),
-    ("v13_v2", (1, 3), 2),
-    ("v13_v4", (1, 3), 4),
-    ("v14_v2", (1, 4), 2),
-    ("v14_v3", (1, 4), 3),
-    ("v23_v1", (2, 3), 1),
-    ("v23_v4", (2, 3), 4),
-    ("v24_v1", (2, 4), 1),
-    ("v24_v3", (2, 4), 3),
-    ("v34_v1", (3, 4), 1),
-    ("v34_v2", (3, 4), 2),
+# (split name, training views, testing view): every pair of the four views trains, each of the two other views tests;
+# pairs, then test views, in increasing order, which is the TIME paper's Table 3 column order (v12_v3, v12_v4, ...).
+UWA3D_PAIRS: tuple[tuple[str, tuple[int, int], int], ...] = tuple(
+    (f"v{a}{b}_v{test}", (a, b), test)
+    for a, b in itertools.combinations((1, 2, 3, 4), 2)
+    for test in (1, 2, 3, 4)
+    if test not in (a, b)
 )
 
 # Spec decision (datasets.md names no list for UWA3D Activity): the first half of the 10 subjects trains, the same
@@ -389,42 +383,45 @@ def _build_video_list(
     return records
 
 
-def build_kinetics(
-    root: str,
-    split: str = "official",
-    *,
-    modality: str = "rgb",
-    train_list: str | None = None,
-    val_list: str | None = None,
-    skip_missing: bool = False,
-) -> list[Record]:
-    """Kinetics (400/600/700) from ``path label`` lists; the val list is the "test" partition.
+@dataclass(frozen=True)
+class _ListBuilder:
+    """The builder (`Preset.builder`) of a dataset that comes as ``path label`` train / val lists.
 
-    Args:
-        root: folder the list paths are relative to (absolute list paths are used as they are).
-        split: "official".
-        modality: "rgb".
-        train_list: list file of the train partition (lines ``path label``, whitespace or comma separated, label
-            0-based; ``path num_frames label`` also accepted).
-        val_list: list file of the test partition.
-        skip_missing: leave out listed videos that are not on disk (Kinetics always has some) instead of raising.
+    Attributes:
+        preset: its `PRESETS` name.
+        dataset: its name in messages.
     """
-    _canonical_split("kinetics", split, ("official",))
-    return _build_video_list(root, modality, "Kinetics", train_list, val_list, skip_missing)
+
+    preset: str
+    dataset: str
+
+    def __call__(
+        self,
+        root: str,
+        split: str = "official",
+        *,
+        modality: str = "rgb",
+        train_list: str | None = None,
+        val_list: str | None = None,
+        skip_missing: bool = False,
+    ) -> list[Record]:
+        """The records of both lists; the val list is the "test" partition.
+
+        Args:
+            root: folder the list paths are relative to (absolute list paths are used as they are).
+            split: "official".
+            modality: "rgb".
+            train_list: list file of the train partition (lines ``path label``, whitespace or comma separated, label
+                0-based; ``path num_frames label`` also accepted).
+            val_list: list file of the test partition.
+            skip_missing: leave out listed videos that are not on disk (Kinetics always has some) instead of raising.
+        """
+        _canonical_split(self.preset, split, ("official",))
+        return _build_video_list(root, modality, self.dataset, train_list, val_list, skip_missing)
 
 
-def build_ssv2(
-    root: str,
-    split: str = "official",
-    *,
-    modality: str = "rgb",
-    train_list: str | None = None,
-    val_list: str | None = None,
-    skip_missing: bool = False,
-) -> list[Record]:
-    """Something-Something V2 from ``path label`` lists (as `build_kinetics`); the val list is "test"."""
-    _canonical_split("ssv2", split, ("official",))
-    return _build_video_list(root, modality, "SSv2", train_list, val_list, skip_missing)
+build_kinetics = _ListBuilder("kinetics", "Kinetics")  # Kinetics 400 / 600 / 700
+build_ssv2 = _ListBuilder("ssv2", "SSv2")  # Something-Something V2
 
 
 def build_generic(root: str, split: str = "csv", *, modality: str = "rgb") -> list[Record]:
