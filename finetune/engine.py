@@ -179,7 +179,7 @@ class FinetuneStage(StageHooks):
         x, target = mix_batch(x, labels, self.d.num_classes, smoothing=cfg.label_smoothing, mixup=cfg.mixup,
                               cutmix=cfg.cutmix, switch_prob=cfg.mixup_switch_prob, rng=np.random.default_rng(seed))
         logits = engine(x.to(DTYPES[self.d.precision]))
-        correct = int((logits.detach().argmax(-1) == labels).sum())
+        correct = (logits.detach().argmax(-1) == labels).sum()  # left on the device: read at log steps only
         return soft_cross_entropy(logits, target), {"correct": correct, "seen": labels.numel()}
 
     def step_values(self, sums: dict[str, float]) -> dict:

@@ -26,6 +26,7 @@ class RunLogger:
         self.output_dir = output_dir
         self.progress = enabled and (sys.stderr.isatty() if progress is None else progress)
         self._bar = None
+        self._bar_loss: float | None = None  # the loss the bar shows: the latest logged step's
         self._tb = None
         self._jsonl = None
         self._start = time.time()
@@ -65,11 +66,15 @@ class RunLogger:
                          bar_format="step {n_fmt}/{total_fmt} {percentage:3.0f}%|{bar}| "
                                     "[{elapsed}, ETA {remaining}{postfix}]")
 
-    def advance(self, step: int, loss: float, clips_per_s: float) -> None:
-        """Move the bar to ``step``, showing the step's loss and clips per second."""
+    def advance(self, step: int, clips_per_s: float, *, loss: float | None = None) -> None:
+        """Move the bar to ``step``, showing clips per second and the loss of the latest logged step (the loss is
+        read from the device at log steps only)."""
         if self._bar is None:
             return
-        self._bar.set_postfix_str(f"loss {loss:.4f}, {clips_per_s:.1f} clips/s", refresh=False)
+        if loss is not None:
+            self._bar_loss = loss
+        shown = f"loss {self._bar_loss:.4f}, " if self._bar_loss is not None else ""
+        self._bar.set_postfix_str(f"{shown}{clips_per_s:.1f} clips/s", refresh=False)
         self._bar.update(step - self._bar.n)
 
     def log_step(self, step: int, values: dict[str, Any], *, console: bool = True, prefix: str = "train") -> None:

@@ -53,14 +53,19 @@ class LoopState:
     overflow_steps: int = 0  # consecutive optimizer steps DeepSpeed skipped for inf / NaN gradients
     last_good_checkpoint: str = ""
 
-    def loss_is_finite(self, loss: torch.Tensor, max_bad_steps: int) -> bool:
-        """Whether to use this micro-batch: its loss is finite on every rank (a collective).
+    stop_requested: bool = False  # a stop signal reached some rank (as of this rank's latest micro-batch check)
+
+    def loss_is_finite(self, loss: torch.Tensor, max_bad_steps: int, *, stop: bool = False) -> bool:
+        """Whether to use this micro-batch: its loss is finite on every rank (a collective when distributed).
 
         A non-finite loss anywhere makes every rank skip the micro-batch (no backward, no step, so the ranks and
         DeepSpeed's micro-step counter stay in step); it is counted, and `NonFiniteLoss` stops the run after
-        ``max_bad_steps`` in a row, naming the last good checkpoint.
+        ``max_bad_steps`` in a row, naming the last good checkpoint. ``stop`` (this rank has received a stop signal)
+        rides on the same collective, so that ``stop_requested`` says whether any rank has one without a second
+        collective and host read per step.
         """
-        if all_ranks_finite(loss):
+        finite, self.stop_requested = check_micro_batch(loss, stop)
+        if finite:
             self.bad_steps = 0
             return True
         self.bad_steps += 1
@@ -72,7 +77,6 @@ class LoopState:
                 "from it)"
             )
         return False
-
 
     def optimizer_step_taken(self, skipped: bool, max_bad_steps: int, *, scale_search: bool = False) -> None:
         """Count an optimizer step DeepSpeed skipped because its gradients held inf / NaN.
@@ -96,13 +100,26 @@ class LoopState:
             )
 
 
+def check_micro_batch(loss: torch.Tensor, stop: bool = False) -> tuple[bool, bool]:
+    """(``loss`` is finite on every rank, ``stop`` is set on some rank): one collective and one host read.
+
+    This read is the one host synchronisation of a steady-state micro-batch: whether to run the backward pass must
+    be known on the host. Everything else a step produces (losses, counts, grad norms) stays on the device until a
+    log step reads it.
+    """
+    flags = (~torch.isfinite(loss.detach())).any().to(torch.float32).reshape(1)
+    if not is_distributed():
+        return flags.item() == 0.0, stop
+    # torch.full fills on the device: no host-to-device copy of the stop flag
+    flags = torch.cat([flags, torch.full((1,), float(stop), device=flags.device)])
+    torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+    bad, stop_any = flags.tolist()
+    return bad == 0.0, stop_any > 0.0
+
+
 def all_ranks_finite(loss: torch.Tensor) -> bool:
     """True when ``loss`` is finite on every rank (a collective when distributed: every rank must call it)."""
-    flag = torch.tensor([0.0 if torch.isfinite(loss).all() else 1.0])
-    if is_distributed():
-        flag = flag.to(loss.device)
-        torch.distributed.all_reduce(flag)
-    return float(flag.item()) == 0.0
+    return check_micro_batch(loss)[0]
 
 
 def adamw(groups: list[dict], lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.AdamW:

@@ -3,8 +3,9 @@
 Submit with ``#SBATCH --signal=USR1@120`` (or ``B:USR1@120`` plus forwarding in the script): SLURM sends SIGUSR1
 two minutes before the time limit. SIGTERM (preemption, ``scancel``, ``timeout``, a launcher passing on a Ctrl-C) and
 SIGINT (Ctrl-C) are handled the same way, under SLURM or not. The handler only sets a flag; the training loop asks
-`StopRequest.should_stop` at every step boundary (all ranks agree through one all-reduce), writes a checkpoint, and
-`requeue` puts a SLURM job back in the queue, where ``--resume auto`` continues.
+at every step boundary whether any rank has received one (the flag rides on the collective each micro-batch makes
+anyway, `launch.loop.LoopState.loss_is_finite`, so all ranks agree without another host read), writes a checkpoint,
+and `requeue` puts a SLURM job back in the queue, where ``--resume auto`` continues.
 
 A second SIGINT (or a second SIGTERM) ends the process at once, without a checkpoint: the first one hands the signal
 back to its default action, which the kernel carries out even while the process is blocked in a collective. A rank
@@ -17,10 +18,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-
-import torch
-
-from common.dist import is_distributed
 
 
 class StopRequest:
@@ -52,13 +49,6 @@ class StopRequest:
             what = "stopping at the end of this step with a checkpoint" if first else "already stopping"
             # os.write, not print: the handler may run while the main thread is inside a print to the same stream
             os.write(2, f"\n{signal.Signals(signum).name}: {what}{again}\n".encode())
-
-    def should_stop(self, device: torch.device) -> bool:
-        """True on every rank when any rank has received a signal (collective: call it on all ranks)."""
-        flag = torch.tensor([1.0 if self.received is not None else 0.0], device=device)
-        if is_distributed():
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return bool(flag.item() > 0)
 
     @property
     def name(self) -> str:

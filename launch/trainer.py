@@ -285,11 +285,15 @@ class Trainer:
         try:
             while state.step < d.total_steps:
                 step_t = time.perf_counter()
-                out = self.train_step(engine, batches, stage, d, state)
+                record = self.train_step(engine, batches, stage, d, state, stop.received is not None)
                 window_clips += d.global_batch
-                log.advance(state.step, out["loss"], d.global_batch / (time.perf_counter() - step_t))
-                stopping = state.step < d.total_steps and stop.should_stop(device)  # the stopped step is logged too
+                # Every rank learnt in its last micro-batch check whether any rank has a signal (a signal that
+                # arrives later on another rank is seen in the next step); one process can ask its own handler.
+                stopping = state.step < d.total_steps and (
+                    state.stop_requested if is_distributed() else stop.received is not None)
+                logged = None  # the stopped step is logged too
                 if state.step % cfg.log_every == 0 or state.step in (first_step, d.total_steps) or stopping:
+                    out = logged = self.read_step(record, stage, engine)
                     now = time.perf_counter()
                     out["clips_per_s"] = window_clips / (now - window_t)
                     out["step_time_s"] = (now - window_t) / max(1, window_clips // d.global_batch)
@@ -303,6 +307,8 @@ class Trainer:
                         out["data_epoch"], out["data_epoch_videos"] = divmod(taken, max(1, d.num_samples))
                     log.log_step(state.step, out)
                     window_t, window_clips = now, 0
+                log.advance(state.step, d.global_batch / (time.perf_counter() - step_t),
+                            loss=logged["loss"] if logged else None)
                 hook_t = time.perf_counter()
                 stage.after_step(self, engine, state.step)
                 window_t += time.perf_counter() - hook_t  # clips/s counts training only
@@ -341,52 +347,59 @@ class Trainer:
             self.log.info(f"FLOPs not counted ({reason}); no mfu in the log")
             return None
 
-    def train_step(self, engine, batches: Iterator[dict], stage: Stage, d: Any, state: LoopState) -> dict:
-        """One optimizer step over ``accum_steps`` good micro-batches. Returns the values to log.
+    def train_step(self, engine, batches: Iterator[dict], stage: Stage, d: Any, state: LoopState,
+                   stop_received: bool = False) -> StepRecord:
+        """One optimizer step over ``accum_steps`` good micro-batches. Returns its values, still on the device.
 
-        The logged ``lr`` is the scheduled one (scale 1); a parameter group with ``lr_scale`` (layer decay, TRM's
-        offsets) gets ``lr x lr_scale``.
+        The only host read is each micro-batch's non-finite check (`LoopState.loss_is_finite`), which also tells
+        every rank whether any has ``stop_received``. The loss, the stage's counts and the grad norm are read by
+        `read_step`, at log steps only. The logged ``lr`` is the scheduled one (scale 1); a parameter group with
+        ``lr_scale`` (layer decay, TRM's offsets) gets ``lr x lr_scale``.
         """
         cfg = self.cfg
         lr = lr_at(state.step, d)
         for group in engine.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_scale", 1.0)
-        losses, sums, wait, skipped, own_norm = [], {}, 0.0, 0, None
-        while len(losses) < cfg.accum_steps:
+        record = StepRecord(lr=lr)
+        while record.good < cfg.accum_steps:
             t0 = time.perf_counter()
             batch = next(batches)
-            wait += time.perf_counter() - t0
-            micro = len(losses) + skipped
+            record.data_wait_s += time.perf_counter() - t0
+            micro = record.good + record.skipped
             state.micro_batches += 1
             loss, counts = stage.micro_loss(engine, batch, step_seed(cfg.seed, self.info.rank, state.step, micro))
-            if not state.loss_is_finite(loss, cfg.max_bad_steps):
-                skipped += 1
+            if not state.loss_is_finite(loss, cfg.max_bad_steps, stop=stop_received):
+                record.skipped += 1
                 continue
             engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()
             if boundary and cfg.zero_stage == 0 and self.precision == "fp32":
-                own_norm = grad_norm(engine.module)  # DeepSpeed computes it in its fp16 / bf16 / ZeRO optimizers only
+                record.own_norm = grad_norm(engine.module)  # DeepSpeed computes it in fp16 / bf16 / ZeRO only
             skipped_before = engine.skipped_steps
             engine.step()
             if boundary:
                 state.optimizer_step_taken(engine.skipped_steps > skipped_before, cfg.max_bad_steps,
                                            scale_search=self._scale_searching(engine))
-            losses.append(float(loss.detach()))
-            for key, value in counts.items():
-                sums[key] = sums.get(key, 0.0) + value
+            record.add(loss, counts)
         state.step += 1
-        keys = sorted(sums)
-        totals = all_reduce_sum([float(np.mean(losses)), *(sums[k] for k in keys)], self.device)
+        return record
+
+    def read_step(self, record: StepRecord, stage: Stage, engine) -> dict:
+        """The values to log for one step (`train_step`): the loss and counts summed over ranks (a collective: every
+        rank calls it at the same steps) and read from the device, with the grad norm."""
+        keys = sorted(record.sums)
+        values = [record.loss_sum / record.good, *(record.sums[k] for k in keys)]
+        totals = all_reduce_sum(values, self.device)
         norm = engine.get_global_grad_norm()
-        norm = own_norm if norm is None else norm
+        norm = record.own_norm if norm is None else norm
         out = {
             "kind": "train",
             "loss": totals[0] / self.info.world_size,  # mean over ranks
-            "lr": lr,
+            "lr": record.lr,
             "grad_norm": float(norm) if norm is not None else None,
-            "data_wait_s": wait,
+            "data_wait_s": record.data_wait_s,
             **stage.step_values(dict(zip(keys, totals[1:], strict=True))),
-            "skipped_micro_batches": skipped,
+            "skipped_micro_batches": record.skipped,
         }
         if self.precision == "fp16" and hasattr(engine.optimizer, "cur_scale"):
             out["loss_scale"] = float(engine.optimizer.cur_scale)
@@ -525,18 +538,40 @@ def demo_ready(folder: str) -> bool:
         return False
 
 
-def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    """Element-wise sums over all ranks (float64; a collective when distributed)."""
-    t = torch.tensor(values, dtype=torch.float64, device=device)
+def all_reduce_sum(values: list, device: torch.device) -> list[float]:
+    """Element-wise sums over all ranks of numbers or 0-d tensors (float64; a collective when distributed), read
+    from the device in one go."""
+    t = torch.stack([torch.as_tensor(v, device=device).to(torch.float64).reshape(()) for v in values])
     if is_distributed():
         torch.distributed.all_reduce(t)
     return t.tolist()
 
 
-def grad_norm(module: torch.nn.Module) -> float:
-    """L2 norm of all gradients (before clipping; ZeRO 0 has averaged them over ranks in the backward pass)."""
-    norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
-    return float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+def grad_norm(module: torch.nn.Module) -> torch.Tensor | float:
+    """L2 norm of all gradients (before clipping; ZeRO 0 has averaged them over ranks in the backward pass), left on
+    the device."""
+    grads = [p.grad.detach().float() for p in module.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else 0.0
+
+
+@dataclasses.dataclass
+class StepRecord:
+    """One optimizer step's values as `Trainer.train_step` leaves them: sums still on the device."""
+
+    lr: float
+    good: int = 0  # micro-batches used
+    skipped: int = 0  # micro-batches skipped for a non-finite loss
+    data_wait_s: float = 0.0
+    loss_sum: torch.Tensor | float = 0.0  # float64, on the device
+    sums: dict[str, Any] = dataclasses.field(default_factory=dict)  # the stage's counts, tensors or numbers
+    own_norm: torch.Tensor | float | None = None
+
+    def add(self, loss: torch.Tensor, counts: dict[str, Any]) -> None:
+        """Add one good micro-batch (device adds only: nothing is read back)."""
+        self.good += 1
+        self.loss_sum = self.loss_sum + loss.detach().to(torch.float64)
+        for key, value in counts.items():
+            self.sums[key] = self.sums.get(key, 0) + value
 
 
 def entry(main, prog: str) -> None:
