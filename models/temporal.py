@@ -250,8 +250,9 @@ class TWM(nn.Module):
     into C x T x H x W would mix frames and channels instead of swapping the two axes.
 
     ``X~ = permute(X)`` (T, C -> C, T); ``U = Conv3d(C -> 1, (3, 1, 1), padding (1, 0, 0))(X~)``; ``S = sigmoid(U)``;
-    ``Z = X~ - X~ * S``. The Conv3d is computed as the spec's equivalent: one 1x1 conv C -> 3 (one output per temporal
-    tap) on the frames, taps shifted in time and summed, which avoids the permuted copy of the whole feature map.
+    ``Z = X~ - X~ * S``, computed as ``X~ * sigmoid(-U)``. The Conv3d is computed as the spec's equivalent: one 1x1
+    conv C -> 3 (one output per temporal tap) on the frames, taps shifted in time and summed, which avoids the
+    permuted copy of the whole feature map.
     Weight and bias start at zero (spec Decision), so S = 0.5 and ``Z = 0.5 X`` at init.
     """
 
@@ -270,9 +271,11 @@ class TWM(nn.Module):
         taps = F.conv2d(x, w)  # (B*T, 3, H, W)
         taps = taps.view(-1, self.num_frames, *taps.shape[1:])  # (B, T, 3, H, W)
         u = _from_previous(taps[:, :, 0]) + taps[:, :, 1] + _from_next(taps[:, :, 2]) + self.conv.bias  # (B, T, H, W)
+        # Eq. 6, Z = X~ - X~ * S, is X~ * sigmoid(-U) (1 - sigmoid(u) = sigmoid(-u)): one pass over the feature map
+        # forward and two backward instead of the literal form's two and five, the same values to rounding.
         # (B*T, 1, H, W), shared by all channels; in x's dtype so that autocast does not promote the output
-        s = torch.sigmoid(u).to(x.dtype).view(x.shape[0], 1, *x.shape[2:])
-        return x - x * s  # Eq. 6 literally: V = X~ * S, Z = X~ - V
+        gate = torch.sigmoid(-u).to(x.dtype).view(x.shape[0], 1, *x.shape[2:])
+        return x * gate
 
 
 class STW(TemporalModule):
