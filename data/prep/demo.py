@@ -80,6 +80,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
@@ -619,8 +620,9 @@ def make_demo(
     pan: bool = False,
     workers: int | None = None,
     progress: bool = False,
+    reuse: str = "never",
 ) -> dict:
-    """Generate the demo dataset into ``out_dir`` (replacing an earlier demo there).
+    """Generate the demo dataset into ``out_dir`` (replacing an earlier demo there, unless ``reuse`` takes it).
 
     Args:
         out_dir: new or empty folder, or one holding an earlier demo (its demo files are replaced).
@@ -634,6 +636,9 @@ def make_demo(
         pan: slide the background under the objects (a slow camera pan, off by default; see the module docstring).
         workers: processes for rendering; None = all cores (at most 8).
         progress: print progress to stderr.
+        reuse: ``"never"`` (generate), ``"same"`` (keep a complete demo made with the same parameters) or ``"any"``
+            (keep a complete demo with shards whatever its parameters). A demo of another `STAMP_FORMAT` is never
+            kept: it is regenerated, with the parameters asked for.
 
     Returns:
         ``{"root", "classes" (names), "classes_file", "manifests": {key: csv}, "shards": {key: folder},
@@ -644,8 +649,14 @@ def make_demo(
         UserError: bad parameters, or ``out_dir`` is a file or a non-empty folder that holds no demo.
     """
     params = DemoParams(seed, per_class, val_per_class, num_frames, size[0], size[1], fps, depth, shards, pan)
-    workers = min(os.cpu_count() or 1, 8) if workers is None else max(1, workers)
     root = Path(out_dir).resolve()
+    if reuse not in ("never", "same", "any"):
+        raise ValueError(f"reuse={reuse!r}: choose never, same or any")
+    if reuse != "never":
+        found = _reusable(root, params, any_params=reuse == "any")
+        if found is not None:
+            return found
+    workers = min(os.cpu_count() or 1, 8) if workers is None else max(1, workers)
     _prepare_out_dir(root)
     outputs = _outputs(root, params)
     # Written first so that an interrupted run is still recognised as ours (and replaced) next time.
@@ -690,45 +701,27 @@ def _write_shards(records: list[Record], out_dir: Path, shard_samples: int, work
     write_shards(records, out_dir, shard_samples=shard_samples, workers=workers, progress=progress)
 
 
-def ensure_demo(
-    out_dir: str | os.PathLike,
-    *,
-    seed: int = 0,
-    per_class: int = 8,
-    val_per_class: int = 4,
-    num_frames: int = 64,
-    size: tuple[int, int] = (160, 120),
-    fps: int = 25,
-    depth: bool = True,
-    shards: bool = True,
-    pan: bool = False,
-    workers: int | None = None,
-    progress: bool = False,
-    reuse_any: bool = False,
-) -> dict:
-    """`make_demo` unless ``out_dir`` already holds a complete demo made with the same parameters.
+def ensure_demo(out_dir: str | os.PathLike, *, reuse_any: bool = False, **options: Any) -> dict:
+    """`make_demo` (same keywords and result) unless ``out_dir`` already holds a complete demo made with the same
+    parameters.
 
-    Used by the quickstart, the training scripts and the tests. Arguments and result as for `make_demo`, plus
-    ``reuse_any``: take a complete demo with shards whatever its parameters (the training scripts: a demo the user made
-    with other settings, e.g. ``timemae demo --videos-per-class 32``, is used, not overwritten). A demo of another
-    `STAMP_FORMAT` is never reused: it is regenerated, with the parameters asked for.
+    Used by the quickstart, the training scripts and the tests. ``reuse_any``: take a complete demo with shards
+    whatever its parameters (the training scripts: a demo the user made with other settings, e.g. ``timemae demo
+    --videos-per-class 32``, is used, not overwritten).
     """
-    params = DemoParams(seed, per_class, val_per_class, num_frames, size[0], size[1], fps, depth, shards, pan)
-    root = Path(out_dir).resolve()
+    return make_demo(out_dir, reuse="any" if reuse_any else "same", **options)
+
+
+def _reusable(root: Path, params: DemoParams, *, any_params: bool) -> dict | None:
+    """The result of the complete demo in ``root`` when it may be kept (`make_demo`'s ``reuse``), else None."""
     stamp = _read_stamp(root)
     same = stamp is not None and stamp.get("params") == dataclasses.asdict(params)
-    other = reuse_any and stamp is not None and bool(stamp.get("params", {}).get("shards"))
-    if stamp and stamp.get("complete") and (same or other):
-        if not same:
-            params = DemoParams(**stamp["params"])
-        result = _absolute(root, stamp["outputs"], params)
-        paths = [result["classes_file"], *result["manifests"].values(), *result["shards"].values()]
-        if all(os.path.exists(p) for p in paths):
-            return result
-    return make_demo(
-        root, seed=seed, per_class=per_class, val_per_class=val_per_class, num_frames=num_frames, size=size, fps=fps,
-        depth=depth, shards=shards, pan=pan, workers=workers, progress=progress,
-    )
+    other = any_params and stamp is not None and bool(stamp.get("params", {}).get("shards"))
+    if not (stamp and stamp.get("complete") and (same or other)):
+        return None
+    result = _absolute(root, stamp["outputs"], params if same else DemoParams(**stamp["params"]))
+    paths = [result["classes_file"], *result["manifests"].values(), *result["shards"].values()]
+    return result if all(os.path.exists(p) for p in paths) else None
 
 
 def demo_shards(demo: dict, split: str, modality: str) -> str:
