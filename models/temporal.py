@@ -555,6 +555,49 @@ class ARL(nn.Module):
         return m
 
 
+def bn_of_separable(x: Tensor, bn: nn.BatchNorm2d, p: Tensor | None, q: Tensor | None, r: Tensor | None) -> Tensor:
+    """``x + bn(z)`` for ``z[n, c, h, w] = p[n, c] + q[n, c] * r[n, 0, h, w]`` (``q`` None: 1; ``p`` None: 0; ``r``
+    None: no second term), without ever building ``z``.
+
+    ATR's Z is such a sum (Y per frame and channel, M per frame and position), so BN's statistics per channel follow
+    from per-frame means of ``r`` and ``r^2``, and ``x + bn(z) = x + U + V r`` with ``U``, ``V`` per (frame, channel):
+    one batched matrix product over the feature map instead of building Z, BN's passes over it and the sum. BN's
+    semantics are kept: batch statistics (biased variance) in training and the running ones (updated with the unbiased
+    variance and ``bn.momentum``) in evaluation. x: (N, C, H, W); p, q: (N, C); r: (N, 1, H, W).
+    """
+    n, c, h, w = x.shape
+    stats = torch.float32  # the small statistics in fp32, whatever the compute precision
+    p32 = p.to(stats) if p is not None else torch.zeros(n, c, device=x.device, dtype=stats)
+    if r is not None:
+        r32 = r.reshape(n, h * w).to(stats)
+        r_mean, r_sq = r32.mean(1, keepdim=True), (r32 * r32).mean(1, keepdim=True)  # (N, 1)
+        q32 = q.to(stats) if q is not None else torch.ones_like(p32)
+    if bn.training or bn.running_mean is None:
+        mean = p32.mean(0) if r is None else (p32 + q32 * r_mean).mean(0)  # (C,)
+        dev = p32 - mean
+        var = (dev * dev).mean(0) if r is None else (dev * dev + 2 * dev * q32 * r_mean + q32 * q32 * r_sq).mean(0)
+        if bn.training and bn.track_running_stats:
+            bn.num_batches_tracked.add_(1)
+            factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+            count = n * h * w
+            with torch.no_grad():
+                bn.running_mean.mul_(1 - factor).add_(mean.detach(), alpha=factor)
+                bn.running_var.mul_(1 - factor).add_(var.detach() * (count / max(count - 1, 1)), alpha=factor)
+    else:
+        mean, var = bn.running_mean.to(stats), bn.running_var.to(stats)
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.affine:
+        scale = scale * bn.weight.to(stats)
+    shift = (bn.bias.to(stats) if bn.affine else 0.0) - scale * mean  # (C,)
+    u = (p32 * scale + shift).to(x.dtype)  # (N, C)
+    if r is None:
+        return x + u.view(n, c, 1, 1)
+    v = (q32 * scale).to(x.dtype)  # (N, C)
+    a = torch.stack([u, v], dim=2)  # (N, C, 2)
+    b = torch.stack([torch.ones_like(r32), r32], dim=1).to(x.dtype)  # (N, 2, H*W)
+    return torch.baddbmm(x.reshape(n, c, h * w), a, b).view(n, c, h, w)
+
+
 class ATR(TemporalModule):
     """Action-centric Temporal-relational Reasoning block (ATR spec): ``out = x + Z``, placed after the last BN.
 
@@ -623,14 +666,13 @@ class ATR(TemporalModule):
         y = self.reasoners[0](y)
         for link, reasoner in zip(self.links, self.reasoners[1:], strict=True):
             y = reasoner(F.relu(link(y)))
-        y = y.reshape(x.shape[0], -1, 1, 1)  # (B*T, C, 1, 1)
+        y = y.reshape(x.shape[0], -1)  # (B*T, C)
+        # Z = BN(P + Q R) with P, Q per (frame, channel) and R per (frame, position); see `bn_of_separable`.
         if self.afd == "adding" and self.action_centric:
-            z = y + m
-        elif self.afd == "scaling":
-            z = torch.sigmoid(m) * y
-        else:
-            z = y.expand_as(x)
-        return x + self.bn(z)
+            return bn_of_separable(x, self.bn, y, None, m)  # Y + M
+        if self.afd == "scaling":
+            return bn_of_separable(x, self.bn, None, y, torch.sigmoid(m))  # sigmoid(M) * Y
+        return bn_of_separable(x, self.bn, y, None, None)  # Y broadcast over H, W
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, reasoner={self.reasoner}x{self.num_reasoners}, afd={self.afd}, "

@@ -16,6 +16,7 @@ from models.temporal import (
     EfficientReasoner,
     GraphReasoner,
     _grouped_layout,
+    bn_of_separable,
     build_temporal,
     module_options,
     relocate,
@@ -320,6 +321,44 @@ def test_atr_is_the_identity_at_init_for_every_option():
         checked += 1
     assert checked == 2 * 2 * 3 * 4 * 3 * 2 - 2 * 3 * 2 * 2
     assert (ATR(C, t, spatial_size=HW).eval()(x) - x).abs().max() <= 1e-6
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("afd", ["adding", "scaling", "uniform"])
+def test_the_bn_of_z_without_z_is_bn_of_z(afd, momentum):
+    """``bn_of_separable`` (Z never built) against ``x + bn(z)`` with Z built and torch's BatchNorm2d: outputs, every
+    gradient and the running statistics, in training and evaluation."""
+    n, c, h, w = 6, C, 5, 3
+    g = torch.Generator().manual_seed(1)
+    bn = torch.nn.BatchNorm2d(c, momentum=momentum)
+    with torch.no_grad():
+        bn.weight.normal_(generator=g), bn.bias.normal_(generator=g)
+    ref = torch.nn.BatchNorm2d(c, momentum=momentum)
+    ref.load_state_dict(bn.state_dict())
+    for training in (True, True, False):
+        bn.train(training), ref.train(training)
+        leaves = [torch.randn(shape, generator=g).requires_grad_() for shape in ((n, c, h, w), (n, c), (n, 1, h, w))]
+        x, y, m = leaves
+        twins = [t.detach().clone().requires_grad_() for t in leaves]
+        if afd == "adding":
+            out, z = bn_of_separable(x, bn, y, None, m), twins[1][:, :, None, None] + twins[2]
+        elif afd == "scaling":
+            out = bn_of_separable(x, bn, None, y, torch.sigmoid(m))
+            z = torch.sigmoid(twins[2]) * twins[1][:, :, None, None]
+        else:
+            out, z = bn_of_separable(x, bn, y, None, None), twins[1][:, :, None, None].expand(n, c, h, w)
+        expected = twins[0] + ref(z)
+        torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+        grad = torch.randn(out.shape, generator=g)
+        out.backward(grad), expected.backward(grad)
+        for a, b in zip([*leaves, bn.weight, bn.bias], [*twins, ref.weight, ref.bias], strict=True):
+            if afd == "uniform" and a is m:
+                assert a.grad is None and b.grad is None
+                continue
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+        bn.weight.grad = bn.bias.grad = ref.weight.grad = ref.bias.grad = None
+        for name in ("running_mean", "running_var", "num_batches_tracked"):
+            torch.testing.assert_close(getattr(bn, name), getattr(ref, name), rtol=1e-6, atol=1e-7)
 
 
 def test_efficient_reasoner_is_the_temporal_convolution():
