@@ -3,11 +3,13 @@ number of classes, the model with its family's options, and the initial weights.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
 import tarfile
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from common.errors import UserError
 from data.clip import ClipSpec
@@ -170,19 +172,29 @@ def build_model(cfg: FinetuneConfig, family: str, num_classes: int):
 
 
 def parse_options(items: tuple[str, ...]) -> dict:
-    """``("variant=strm", "relocate_ratio=0.25")`` -> ``{"variant": "strm", "relocate_ratio": 0.25}`` (YAML values)."""
-    import yaml
+    """``("variant=strm", "relocate_ratio=0.25")`` -> ``{"variant": "strm", "relocate_ratio": 0.25}``.
 
+    Values are Python literals (numbers, ``True`` / ``False``, lists, tuples, quoted strings), ``true`` / ``false``
+    in any case, or else the text itself. Not YAML: YAML 1.1 reads ``4:2:4`` (STW's ratio) as the base-60 number
+    14524 and ``1e-3`` as a string.
+    """
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UserError(f"--temporal-options {item!r} is not key=value; e.g. --temporal-options variant=strm")
-        try:
-            out[key.replace("-", "_")] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            out[key.replace("-", "_")] = value
+        out[key.replace("-", "_")] = option_value(value)
     return out
+
+
+def option_value(text: str) -> Any:
+    """One ``--temporal-options`` value (see `parse_options`)."""
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        pass
+    words = {"true": True, "false": False, "none": None}
+    return words.get(text.strip().lower(), text)
 
 
 def init_weights(trainer: Trainer, model, cfg: FinetuneConfig, family: str, *, resumed: bool) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -47,8 +48,20 @@ def _base_type(tp: Any) -> tuple[Any, bool]:
     return tp, False
 
 
-def _parse_scalar(tp: Any, text: str) -> Any:
-    return {int: int, float: float, str: str}[tp](text)
+def _parse_scalar(tp: Any, text: str, listed: bool = False) -> Any:
+    """One flag value (``listed``: one of a list flag's values): argparse turns the ArgumentTypeError into
+    ``argument --flag: expected ..., got ...``, exit 2."""
+    if tp is str:
+        return text
+    try:
+        value = tp(text)
+    except ValueError:
+        kind = "an integer" if tp is int else "a number"
+        hint = " (give several values separated by spaces)" if listed and "," in text else ""
+        raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}{hint}") from None
+    if tp is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
 
 
 def _coerce(name: str, tp: Any, value: Any) -> Any:
@@ -67,8 +80,13 @@ def _coerce(name: str, tp: Any, value: Any) -> Any:
         if not isinstance(value, bool):
             raise UserError(f"config key {name!r} needs true or false, got {value!r}")
         return value
-    if base is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+    if base is float and isinstance(value, int | float | str) and not isinstance(value, bool):
+        try:
+            number = float(value)  # a string too: YAML 1.1 reads 1e-3 (no dot) as one
+        except ValueError:
+            number = None
+        if number is not None and math.isfinite(number):
+            return number
     if base is int and isinstance(value, int) and not isinstance(value, bool):
         return value
     if base is str and isinstance(value, str):
@@ -90,7 +108,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             parser.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, **kw)
         elif typing.get_origin(tp) is tuple:
             elem = typing.get_args(tp)[0]
-            parser.add_argument(flag_name(f.name), nargs="+", type=lambda s, e=elem: _parse_scalar(e, s), **kw)
+            parser.add_argument(flag_name(f.name), nargs="+", type=lambda s, e=elem: _parse_scalar(e, s, True), **kw)
         else:
             parser.add_argument(flag_name(f.name), type=lambda s, t=tp: _parse_scalar(t, s), **kw)
 

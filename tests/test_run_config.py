@@ -189,3 +189,53 @@ def test_a_frame_step_with_segment_sampling_is_refused():
 
     with pytest.raises(UserError, match="frame step of --sampling stride"):
         check_sampling(config_lib.parse(PretrainConfig, ["--sampling", "segment", "--sampling-rate", "4"]))
+
+
+def test_yaml_floats_without_a_dot_are_floats(tmp_path):
+    """YAML 1.1 reads ``1e-3`` as a string; a float field takes it as the number it is, and still refuses words."""
+    from finetune.config import FinetuneConfig
+
+    good = tmp_path / "run.yaml"
+    good.write_text("base_lr: 1e-3\nweight_decay: 5E-4\n")
+    cfg = config_lib.parse(FinetuneConfig, ["--config", str(good)])
+    assert cfg.base_lr == 0.001 and cfg.weight_decay == 0.0005
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base_lr: fast\n")
+    with pytest.raises(UserError, match="config key 'base_lr' needs a float, got 'fast'"):
+        config_lib.parse(FinetuneConfig, ["--config", str(bad)])
+
+
+def test_temporal_option_values_are_literals_not_yaml():
+    from finetune.build import parse_options
+    from models.temporal import build_temporal
+
+    opts = parse_options(("ratio=4:2:4", "relocate_ratio=1e-3", "motion=false", "stages=[3, 4]", "variant=strm",
+                          "order='parallel'"))
+    assert opts == {"ratio": "4:2:4", "relocate_ratio": 0.001, "motion": False, "stages": [3, 4], "variant": "strm",
+                    "order": "parallel"}
+    assert build_temporal("stw", 16, 4, spatial_size=(4, 4), ratio=parse_options(("ratio=8:4/3:8",))["ratio"]).ratio
+    assert parse_options(("x=" + "[" * 2000 + "]" * 2000,))["x"].startswith("[[")  # too deep: kept as text
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--lr-steps", "5,a"],
+     "argument --lr-steps: expected a number, got '5,a' (give several values separated by spaces)"),
+    (["--num-frames", "8.5"], "argument --num-frames: expected an integer, got '8.5'"),
+    (["--base-lr", "nan"], "argument --base-lr: expected a finite number, got 'nan'"),
+    (["--base-lr", "x"], "argument --base-lr: expected a number, got 'x'"),
+])
+def test_flag_values_are_named_when_wrong(argv, message, capsys):
+    from finetune.config import FinetuneConfig
+
+    with pytest.raises(SystemExit) as exc:
+        config_lib.parse(FinetuneConfig, argv)
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_non_finite_yaml_float_is_refused(tmp_path):
+    from finetune.config import FinetuneConfig
+
+    path = tmp_path / "run.yaml"
+    path.write_text("base_lr: .inf\n")
+    with pytest.raises(UserError, match="config key 'base_lr' needs a float, got inf"):
+        config_lib.parse(FinetuneConfig, ["--config", str(path)])
