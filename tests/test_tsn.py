@@ -428,3 +428,25 @@ def test_timm_vit_at_another_size_loads_with_pos_embed_resized(tmp_path):
         tsn.init_tsn_from(tsn.resnet18(1000, T, S), path)
     with pytest.raises(UserError, match="unexpected extra_token"):
         tsn.init_tsn_from(_build("vit_b16", num_classes=1000), _save(tmp_path, {**state, "extra_token": torch.ones(1)}))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("temporal", ["none", *TEMPORAL_MODULES])
+def test_compile_matches_eager_with_every_temporal_module(temporal):
+    """``--compile`` (`launch.loop.compile_in_place`) on the frame-level backbones: the same outputs and gradients
+    as eager (aot_eager on CPU: torch's graph capture and autograd, no code generation)."""
+    from launch.loop import compile_in_place
+
+    torch.manual_seed(0)
+    eager = tsn.resnet18(5, 4, 64, temporal=None if temporal == "none" else temporal)
+    compiled = copy.deepcopy(eager)
+    compile_in_place(compiled, backend="aot_eager")
+    x = torch.randn(2, 3, 4, 64, 64)
+    outs = []
+    for model in (eager, compiled):
+        torch.manual_seed(1)  # the same dropout mask
+        outs.append(model(x))
+        outs[-1].square().sum().backward()
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for (name, a), (_, b) in zip(eager.named_parameters(), compiled.named_parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5, msg=name)
