@@ -386,6 +386,37 @@ def test_camera_pan_moves_the_background_only():
     assert np.array_equal(demo.render_scene(still)[0][-1][free], demo.render_scene(still)[0][0][free])
 
 
+@pytest.mark.parametrize("pan", [False, True])
+def test_a_plain_background_keeps_the_objects_and_their_motion(pan):
+    textured = _scene(5, "train", 2, 0, 16, (96, 72), pan=pan)
+    plain = demo.sample_scene(2, demo.video_rng(5, "train", 2, 0), num_frames=16, width=96, height=72, pan=pan,
+                              background="plain")
+    for name in ("sides", "colours", "stripe_freq", "stripe_phase", "cx", "cy", "radius", "angle"):
+        assert np.array_equal(getattr(textured, name), getattr(plain, name)), name
+    assert np.array_equal(textured.background_depth, plain.background_depth)
+    rgb, _, coverage = demo.render_scene(plain)
+    free = coverage.sum(axis=0) == 0  # (T, H, W): background pixels
+    assert np.ptp(rgb[free], axis=0).max() <= 1  # one flat colour (rounding aside)
+    assert np.allclose(rgb[free][0], 255 * textured.background.mean(axis=(0, 1, 2)), atol=1)  # its mean colour
+    with pytest.raises(UserError, match="demo background 'wavy' is not one of textured, plain"):
+        demo.DemoParams(background="wavy")
+
+
+def test_a_stamp_from_before_the_background_option_is_reused(tmp_path):
+    out = tmp_path / "d"
+    kwargs = {"per_class": 1, "val_per_class": 1, "num_frames": 4, "size": (64, 48), "depth": False, "shards": False,
+              "workers": 1}
+    first = demo.ensure_demo(out, **kwargs)
+    stamp = json.loads((out / demo.STAMP).read_text())
+    assert stamp["params"].pop("background") == "textured"
+    (out / demo.STAMP).write_text(json.dumps(stamp))
+    video = Path(first["root"]) / demo.video_relpath("rgb", "train", 0, 0)
+    video.write_bytes(b"marker")
+    assert demo.ensure_demo(out, **kwargs) == first and video.read_bytes() == b"marker"
+    demo.ensure_demo(out, **kwargs, background="plain")  # asked for another background: regenerated
+    assert video.read_bytes() != b"marker"
+
+
 def test_videos_per_class_flags():
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)

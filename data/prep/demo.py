@@ -132,6 +132,7 @@ TEXTURES = ("grating", "checker", "bricks", "plaid")
 TEXTURE_PERIOD_PX = (8.0, 24.0)
 NUM_REGIONS = (2, 4)
 PAN_PX_PER_FRAME = (0.1, 0.4)  # with --pan
+BACKGROUNDS = ("textured", "plain")
 GOP = 16  # keyframe interval, as data.prep.shards.DEFAULT_GOP
 X264_CRF = 20
 OBJECT_DEPTH_M = 1.0  # depth of an object at the largest radius; depth ~ 1 / radius (pinhole camera)
@@ -154,6 +155,8 @@ class DemoParams:
         depth: also render and encode the depth videos, manifests and shards.
         shards: also write webdataset shards.
         pan: slide the background under the objects (a slow camera pan; see the module docstring).
+        background: "textured" (default: every patch carries structure, for masked pretraining) or "plain" (one flat
+            colour per video, for frame-level classifiers trained from scratch; see the module docstring).
     """
 
     seed: int = 0
@@ -166,8 +169,11 @@ class DemoParams:
     depth: bool = True
     shards: bool = True
     pan: bool = False
+    background: str = "textured"
 
     def __post_init__(self) -> None:
+        if self.background not in BACKGROUNDS:
+            raise UserError(f"demo background {self.background!r} is not one of {', '.join(BACKGROUNDS)}")
         if self.per_class < 1 or self.val_per_class < 1:
             raise UserError(
                 f"demo needs at least one video per class in each split, got --videos-per-class {self.per_class} and "
@@ -318,23 +324,29 @@ def _paint_backdrop(backdrop: _Backdrop, x: np.ndarray, y: np.ndarray, height: i
     return np.clip(rgb, 0.0, 1.0), depth.astype(np.float32)
 
 
-def _background(rng: np.random.Generator, num_frames: int, height: int, width: int, pan: bool
-                ) -> tuple[np.ndarray, np.ndarray]:
+def _background(rng: np.random.Generator, num_frames: int, height: int, width: int, pan: bool,
+                plain: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Draw and paint the background: (F, H, W, 3) float32 RGB and (F, H, W) float32 depth, F = T with a pan, else 1.
 
-    The pan is drawn last and only with ``pan``, so switching it on changes nothing else in a video.
+    The pan is drawn last and only with ``pan``, so switching it on changes nothing else in a video. ``plain`` paints
+    the RGB background in the mean colour of the textured one (the same draws, so the objects are the same).
     """
     backdrop = _draw_backdrop(rng, height, width)
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
     if not pan:
         rgb, depth = _paint_backdrop(backdrop, xs, ys, height, width)
+        if plain:
+            rgb = np.broadcast_to(rgb.mean(axis=(0, 1), keepdims=True), rgb.shape).copy()
         return rgb[None], depth[None]
     direction = rng.uniform(0.0, 2 * math.pi)
     shift = rng.uniform(*PAN_PX_PER_FRAME) * (np.arange(num_frames, dtype=np.float32) - (num_frames - 1) / 2)
     # The camera moves by +shift along `direction`, so the scene point under pixel (x, y) is (x, y) + that shift.
     x = xs[None] + (shift * math.cos(direction))[:, None, None]
     y = ys[None] + (shift * math.sin(direction))[:, None, None]
-    return _paint_backdrop(backdrop, x, y, height, width)
+    rgb, depth = _paint_backdrop(backdrop, x, y, height, width)
+    if plain:  # a pan over a flat colour shows nothing
+        rgb = np.broadcast_to(rgb.mean(axis=(0, 1, 2), keepdims=True), rgb.shape).copy()
+    return rgb, depth
 
 
 def _ramps(rng: np.random.Generator, lo: float, hi: float, num_frames: int, direction: int, count: int) -> np.ndarray:
@@ -356,7 +368,7 @@ def _ramps(rng: np.random.Generator, lo: float, hi: float, num_frames: int, dire
 
 
 def sample_scene(label: int, rng: np.random.Generator, *, num_frames: int, width: int, height: int,
-                 pan: bool = False) -> Scene:
+                 pan: bool = False, background: str = "textured") -> Scene:
     """Draw one video of class ``label``: appearance from one law for all classes, motion from the class.
 
     Args:
@@ -365,6 +377,7 @@ def sample_scene(label: int, rng: np.random.Generator, *, num_frames: int, width
         num_frames: T.
         width, height: frame size in pixels.
         pan: slide the background (a camera pan, the same law for every class).
+        background: "textured" or "plain" (`DemoParams.background`).
     """
     moving, direction = MOTIONS[CLASSES[label]]
     count = int(rng.integers(NUM_OBJECTS[0], NUM_OBJECTS[1] + 1))
@@ -384,7 +397,7 @@ def sample_scene(label: int, rng: np.random.Generator, *, num_frames: int, width
     radius = np.exp(_ramps(rng, math.log(r_min), math.log(r_max), num_frames, steps["size"], count))
     spin = math.radians(rng.uniform(*SPIN_DEG_PER_FRAME)) * steps["angle"]
     angle = rng.uniform(0.0, 2 * math.pi, count)[:, None] + spin * np.arange(num_frames)[None]
-    background, background_depth = _background(rng, num_frames, height, width, pan)
+    background, background_depth = _background(rng, num_frames, height, width, pan, plain=background == "plain")
     # Far to near = small to large (depth ~ 1 / radius); all radii scale alike, so the order holds in every frame.
     order = np.argsort(radius[:, 0], kind="stable")
     return Scene(label, sides[order], np.stack(colours)[order], stripe_freq[order], stripe_phase[order], background,
@@ -510,7 +523,7 @@ def _make_video(job: tuple[str, DemoParams, str, int, int]) -> None:
     root, params, split, label, index = job
     scene = sample_scene(
         label, video_rng(params.seed, split, label, index), num_frames=params.num_frames, width=params.width,
-        height=params.height, pan=params.pan,
+        height=params.height, pan=params.pan, background=params.background,
     )
     rgb, depth, _ = render_scene(scene, coverage=False)
     outputs = [("rgb", rgb)] + ([("depth", depth)] if params.depth else [])
@@ -618,6 +631,7 @@ def make_demo(
     depth: bool = True,
     shards: bool = True,
     pan: bool = False,
+    background: str = "textured",
     workers: int | None = None,
     progress: bool = False,
     reuse: str = "never",
@@ -634,6 +648,7 @@ def make_demo(
         depth: also write depth videos, manifests and shards.
         shards: also write webdataset shards (with `data.prep.shards.write_shards`).
         pan: slide the background under the objects (a slow camera pan, off by default; see the module docstring).
+        background: "textured" (default) or "plain" (`DemoParams.background`).
         workers: processes for rendering; None = all cores (at most 8).
         progress: print progress to stderr.
         reuse: ``"never"`` (generate), ``"same"`` (keep a complete demo made with the same parameters) or ``"any"``
@@ -648,7 +663,8 @@ def make_demo(
     Raises:
         UserError: bad parameters, or ``out_dir`` is a file or a non-empty folder that holds no demo.
     """
-    params = DemoParams(seed, per_class, val_per_class, num_frames, size[0], size[1], fps, depth, shards, pan)
+    params = DemoParams(seed, per_class, val_per_class, num_frames, size[0], size[1], fps, depth, shards, pan,
+                        background)
     root = Path(out_dir).resolve()
     if reuse not in ("never", "same", "any"):
         raise ValueError(f"reuse={reuse!r}: choose never, same or any")
@@ -715,13 +731,22 @@ def ensure_demo(out_dir: str | os.PathLike, *, reuse_any: bool = False, **option
 def _reusable(root: Path, params: DemoParams, *, any_params: bool) -> dict | None:
     """The result of the complete demo in ``root`` when it may be kept (`make_demo`'s ``reuse``), else None."""
     stamp = _read_stamp(root)
-    same = stamp is not None and stamp.get("params") == dataclasses.asdict(params)
-    other = any_params and stamp is not None and bool(stamp.get("params", {}).get("shards"))
+    saved = _stamp_params(stamp)
+    same = saved is not None and saved == params
+    other = any_params and saved is not None and saved.shards
     if not (stamp and stamp.get("complete") and (same or other)):
         return None
-    result = _absolute(root, stamp["outputs"], params if same else DemoParams(**stamp["params"]))
+    result = _absolute(root, stamp["outputs"], params if same else saved)
     paths = [result["classes_file"], *result["manifests"].values(), *result["shards"].values()]
     return result if all(os.path.exists(p) for p in paths) else None
+
+
+def _stamp_params(stamp: dict | None) -> DemoParams | None:
+    """The parameters a demo stamp records (a field added since it was written takes its default), or None."""
+    try:
+        return DemoParams(**stamp["params"])
+    except (TypeError, KeyError, UserError):
+        return None
 
 
 def demo_shards(demo: dict, split: str, modality: str) -> str:
@@ -764,6 +789,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pan", action="store_true",
                         help="slide the background under the objects (a slow camera pan in a random direction, the "
                              "same for every class): object motion must then be told from background motion")
+    parser.add_argument("--background", choices=BACKGROUNDS, default=defaults.background,
+                        help="textured (default: structure in every 16x16 patch, for masked pretraining) or plain (one "
+                             "flat colour per video: frame-level classifiers from scratch cannot memorise it)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores, at most 8)")
     parser.add_argument("--if-missing", action="store_true",
                         help="do nothing if --out already holds a complete demo with the same settings")
@@ -776,7 +804,7 @@ def run(args: argparse.Namespace) -> int:
     result = build(
         args.out, seed=args.seed, per_class=args.per_class, val_per_class=args.val_per_class,
         num_frames=args.num_frames, size=args.size, fps=args.fps, depth=not args.no_depth,
-        shards=not args.no_shards, pan=args.pan, workers=args.workers, progress=True,
+        shards=not args.no_shards, pan=args.pan, background=args.background, workers=args.workers, progress=True,
     )
     params = result["params"]
     print(
