@@ -117,11 +117,6 @@ def check_micro_batch(loss: torch.Tensor, stop: bool = False) -> tuple[bool, boo
     return bad == 0.0, stop_any > 0.0
 
 
-def all_ranks_finite(loss: torch.Tensor) -> bool:
-    """True when ``loss`` is finite on every rank (a collective when distributed: every rank must call it)."""
-    return check_micro_batch(loss)[0]
-
-
 def adamw(groups: list[dict], lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.AdamW:
     """torch's AdamW: its fused CUDA kernel on a GPU, the default (foreach) implementation elsewhere.
 
