@@ -22,8 +22,8 @@ class FinetuneConfig(RunFields, OptimFields, ClipFields, ModelFields):  # fields
     """The shared groups (`launch.fields`) with fine-tuning's defaults, plus the head, augmentation and evaluation."""
 
     # model (ModelFields)
-    model: str = field("vit_base", "classifier: vit_tiny, vit_small, vit_base, vit_large, vit_huge (VideoMAE), "
-                                   "resnet18, resnet50, resnet101 (TSN), vit_b16 (image ViT-B/16, TSN)")
+    model: str = field("vit_base", "classifier: vit_mini, vit_tiny, vit_small, vit_base, vit_large, vit_huge "
+                                   "(VideoMAE), resnet18, resnet50, resnet101 (TSN), vit_b16 (image ViT-B/16, TSN)")
     temporal: str = field("none", "temporal module inserted into every block of the ResNet stages (TSN ResNets only)",
                           choices=("none", "tsm", "stw", "trm", "atr"))
     temporal_stages: tuple[int, ...] = field((), "ResNet stages (1-4 = layer1-layer4) that get the module; empty = "

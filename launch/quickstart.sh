@@ -2,8 +2,8 @@
 # Set up timemae in .venv and run the main job on the embedded demo data:
 #   1. the demo dataset (RGB + depth videos whose classes differ only in motion, manifests, shards);
 #   2. a TIME clip preview of one demo video;
-#   3. `deepspeed pretrain/run.py --mask-ratio 0.75 --grid-n 2` with a small model for a few hundred steps, then the
-#      mean loss of its first and last 10 logged steps;
+#   3. `deepspeed pretrain/run.py --mask-ratio 0.75 --grid-n 2` with a small model (vit_mini: two blocks) for 800
+#      steps, then the mean norm-pix loss of its first and last 10 logged steps;
 #   4. fine-tuning of the encoder it exported on the demo classes, then top-1 next to chance.
 # Needs only Python >= 3.10 and the package index; no GPU, no data or weight downloads. About 5 minutes on 2 cores
 # after the first install. Output under runs/quickstart (override with OUT=...). Flags given to this script go to the
@@ -29,8 +29,8 @@ timemae preview --video "$video" --grid-n 2 --arrangement spatial --num-frames 1
 echo "== 3. pretraining: deepspeed pretrain/run.py --mask-ratio 0.75 --grid-n 2 (small model, demo shards)"
 # On a machine without GPUs DeepSpeed runs one CPU process (gloo); with GPUs, one process per GPU.
 deepspeed pretrain/run.py --mask-ratio 0.75 --grid-n 2 \
-  --model vit_tiny --input-size 112 --num-frames 8 --batch-size 8 --num-workers 2 \
-  --max-steps 200 --warmup-epochs 2 --base-lr 1e-2 --log-every 10 --save-every 100 --recon-every 50 \
+  --model vit_mini --input-size 112 --num-frames 8 --batch-size 8 --num-workers 2 \
+  --max-steps 800 --warmup-epochs 6 --base-lr 5e-2 --log-every 10 --save-every 400 --recon-every 200 \
   --output-dir "$OUT/pretrain" "$@"
 python - "$OUT/pretrain/log.jsonl" <<'PY'
 import json, sys

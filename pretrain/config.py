@@ -19,7 +19,7 @@ class PretrainConfig(RunFields, OptimFields, ClipFields, ModelFields):  # fields
     """The shared groups (`launch.fields`) with pretraining's defaults, plus masking and the loss."""
 
     # model (ModelFields)
-    model: str = field("vit_base", "model preset: vit_tiny, vit_small, vit_base, vit_large, vit_huge")
+    model: str = field("vit_base", "model preset: vit_mini, vit_tiny, vit_small, vit_base, vit_large, vit_huge")
     init_from: str = field("", "initial weights: our checkpoint or encoder export, or an official VideoMAE file")
     # data (ClipFields)
     samples_per_decode: int = field(1, "clips cut from one decoded video (VideoMAE V2 repeated sampling)")

@@ -1,20 +1,24 @@
 """The embedded demo dataset: small labelled videos whose classes differ only in motion.
 
-``timemae demo --out DIR`` renders two or three striped objects over a background of textured regions and moves
-every object the same one of eight ways (`CLASSES`): they slide left / right / up / down, turn clockwise /
-counter-clockwise (each about its own centre, as seen on screen), or approach (grow, come nearer in depth) / recede
-(shrink, go away). Every video is rendered twice, as RGB and as a depth map of the same scene, and encoded as H.264
-mp4 (libx264, yuv420p) through PyAV.
+``timemae demo --out DIR`` renders two or three striped objects over a shaded background and moves every object
+the same one of eight ways (`CLASSES`): they slide left / right / up / down, turn clockwise / counter-clockwise (each
+about its own centre, as seen on screen), or approach (grow, come nearer in depth) / recede (shrink, go away). Every
+video is rendered twice, as RGB and as a depth map of the same scene, and encoded as H.264 mp4 (libx264, yuv420p)
+through PyAV.
 
 Structure at patch scale: VideoMAE reconstructs masked 16x16 patches, each normalised by its own mean and std
-(norm-pix), from the visible ones. A flat patch normalises to encoder noise, which nothing predicts, so a scene made
-of smooth surfaces leaves the loss at what predicting zeros costs (~1.0). Here every surface carries contrast at that
-scale: the background is cut into 2-4 regions (a Voronoi partition), each painted with its own texture -- a grating,
-a checkerboard, bricks or a plaid -- with a period of 8-24 px, a dark and a light tone of one hue, and hard region
-borders; the objects carry stripes 4-20 px apart (and fainter cross-stripes) and have sharp outlines. A masked
-patch is then a continuation of the texture, edges and stripes its visible neighbours show. `test_demo.py` checks
-that at least 95 % of the 16x16 patches of every default video (and of the TIME clips made from them) have a
-per-channel pixel std of at least 8 gray levels.
+(norm-pix), from the visible ones. A flat patch normalises to encoder noise, which nothing predicts, so on flat
+surfaces the loss stays at what predicting zeros costs (~1.0). The default background (``shaded``) is one light ramp
+across the whole frame -- from a dark to a light tone of one hue, in a random direction, like light falling on a wall
+-- steep enough that every 16x16 patch of a TIME clip has contrast (`test_demo.py` checks that at least 95 % of the
+patches of every default TIME clip have a per-channel std of at least 8 gray levels), and the objects add sharp
+outlines and stripes 4-20 px apart. A masked background patch is then the continuation of the ramp its visible
+neighbours show, which a small ViT learns to predict within minutes on a CPU (the quickstart's loss falls by about
+half). ``--background textured`` paints the background as 2-4 Voronoi regions of periodic textures (gratings,
+checkerboards, bricks, plaids, periods of 8-24 px) instead: every patch carries contrast there too, but a texture's
+phase inside a patch is a fine detail that short runs do not learn, and the loss stays near 1.0 for thousands of
+steps. ``--background plain`` paints one flat colour per video (for frame-level classifiers trained from scratch,
+which memorise a textured background instead of learning the motion).
 
 No single frame tells the class. What a frame shows -- number of objects, their shapes, colours, stripes, positions,
 sizes and angles, and the background -- has the same distribution in every class: appearance is drawn from one
@@ -42,8 +46,8 @@ Decisions:
 - Depth is stored as 8-bit gray H.264 video (yuv420p, chroma flat), already scaled to 8 bits with one fixed
   linear map for every video: metric depth ``DEPTH_RANGE_M`` = 0.5 .. 5.5 m maps to 1 .. 255 (near = dark, far =
   bright, 0 unused: the conventions of `data.depth.depth_to_uint8`, which stretches each clip's range on read).
-  The objects are 0.75-2.5 m away (depth ~ 1 / apparent size), the textured background a tilted plane 2.9-5.3 m
-  away (texture is paint on it: no relief). A bigger object is nearer and covers a smaller one; all objects of a
+  The objects are 0.75-2.5 m away (depth ~ 1 / apparent size), the background a tilted plane 2.9-5.3 m away
+  (shading and texture are paint on it: no relief). A bigger object is nearer and covers a smaller one; all objects of a
   video scale by the same factor, so their depth order holds for the whole video. A fixed map (no per-video
   min/max) keeps the stored frames uninformative one at a time.
 - Determinism: video ``i`` of class ``c`` in split ``s`` draws from ``numpy.random.default_rng([seed, s, c, i])``,
@@ -114,7 +118,7 @@ MOTIONS: dict[str, tuple[str, int]] = {
 SPLITS: tuple[str, ...] = ("train", "val")
 STAMP = "demo.json"
 # Bumped whenever the same parameters render other videos, so that `ensure_demo` regenerates older demos.
-STAMP_FORMAT = "timemae-demo-2"
+STAMP_FORMAT = "timemae-demo-3"
 DEPTH_RANGE_M = (0.5, 5.5)  # metric depth encoded as 1 (near) .. 255 (far); 0 would read as "no reading"
 
 # Scene ranges (Decision: big enough motion to be seen at 160x120, small enough to keep the objects in the frame).
@@ -132,7 +136,11 @@ TEXTURES = ("grating", "checker", "bricks", "plaid")
 TEXTURE_PERIOD_PX = (8.0, 24.0)
 NUM_REGIONS = (2, 4)
 PAN_PX_PER_FRAME = (0.1, 0.4)  # with --pan
-BACKGROUNDS = ("textured", "plain")
+BACKGROUNDS = ("shaded", "textured", "plain")
+# The shaded background (Decision: a light ramp steep enough that every 16x16 patch of a TIME clip has contrast, in
+# tones of low saturation so that every colour channel ramps): dark and light value at the two ends of the frame.
+SHADE_VALUE = ((0.04, 0.10), (0.90, 0.96))
+SHADE_SATURATION = (0.05, 0.2)
 GOP = 16  # keyframe interval, as data.prep.shards.DEFAULT_GOP
 X264_CRF = 20
 OBJECT_DEPTH_M = 1.0  # depth of an object at the largest radius; depth ~ 1 / radius (pinhole camera)
@@ -155,8 +163,9 @@ class DemoParams:
         depth: also render and encode the depth videos, manifests and shards.
         shards: also write webdataset shards.
         pan: slide the background under the objects (a slow camera pan; see the module docstring).
-        background: "textured" (default: every patch carries structure, for masked pretraining) or "plain" (one flat
-            colour per video, for frame-level classifiers trained from scratch; see the module docstring).
+        background: "shaded" (default: a light ramp, contrast in every patch that masked pretraining learns to
+            predict), "textured" (periodic textures) or "plain" (one flat colour per video, for frame-level
+            classifiers trained from scratch); see the module docstring.
     """
 
     seed: int = 0
@@ -169,7 +178,7 @@ class DemoParams:
     depth: bool = True
     shards: bool = True
     pan: bool = False
-    background: str = "textured"
+    background: str = "shaded"
 
     def __post_init__(self) -> None:
         if self.background not in BACKGROUNDS:
@@ -202,7 +211,7 @@ class Scene:
         colours: (K, 2, 3) float in [0, 1], the two stripe colours of each object.
         stripe_freq: (K,) float, stripe cycles per object radius (the stripes turn and scale with the object).
         stripe_phase: (K,) float, stripe phase in radians.
-        background: (F, H, W, 3) float32 in [0, 1], the textured background of every frame.
+        background: (F, H, W, 3) float32 in [0, 1], the background of every frame.
         background_depth: (F, H, W) float32, metres.
         cx, cy: (K, T) float, object centres in pixels (x right, y down).
         radius: (K, T) float, circumradii in pixels.
@@ -243,6 +252,34 @@ class _Region:
     phase: tuple[float, float]  # radians, along and across the orientation
     dark: np.ndarray  # (3,)
     light: np.ndarray  # (3,)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shade:
+    """The shaded background: a light ramp from ``dark`` to ``light`` along ``theta`` across the frame.
+
+    Beyond the frame (under a pan) the ramp reflects (a triangle wave), so that no part of the scene is flat.
+    """
+
+    theta: float  # direction of increasing light, radians from image +x towards +y
+    span: tuple[float, float]  # the ramp's coordinate along theta at its dark and its light end, px
+    dark: np.ndarray  # (3,)
+    light: np.ndarray  # (3,)
+
+    def paint(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        u = (math.cos(self.theta) * x + math.sin(self.theta) * y - self.span[0]) / (self.span[1] - self.span[0])
+        p = 1.0 - np.abs(np.mod(u + 1.0, 2.0) - 1.0)  # 0 at the dark end, 1 at the light end, reflected beyond
+        return (self.dark + p[..., None] * (self.light - self.dark)).astype(np.float32)
+
+
+def _draw_shade(rng: np.random.Generator, height: int, width: int) -> _Shade:
+    """Draw the shaded background: a random direction; the ramp spans the frame's extent along it."""
+    theta = float(rng.uniform(0.0, 2 * math.pi))
+    corners = [math.cos(theta) * x + math.sin(theta) * y for x in (0, width) for y in (0, height)]
+    hue, saturation = rng.random(), rng.uniform(*SHADE_SATURATION)
+    dark, light = rng.uniform(*SHADE_VALUE[0]), rng.uniform(*SHADE_VALUE[1])
+    return _Shade(theta, (min(corners), max(corners)), _hsv_to_rgb(hue, saturation, dark),
+                  _hsv_to_rgb(hue, saturation, light))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,28 +362,30 @@ def _paint_backdrop(backdrop: _Backdrop, x: np.ndarray, y: np.ndarray, height: i
 
 
 def _background(rng: np.random.Generator, num_frames: int, height: int, width: int, pan: bool,
-                plain: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                kind: str = "shaded") -> tuple[np.ndarray, np.ndarray]:
     """Draw and paint the background: (F, H, W, 3) float32 RGB and (F, H, W) float32 depth, F = T with a pan, else 1.
 
-    The pan is drawn last and only with ``pan``, so switching it on changes nothing else in a video. ``plain`` paints
-    the RGB background in the mean colour of the textured one (the same draws, so the objects are the same).
+    Every kind makes the same draws in the same order (the textured backdrop, whose depth plane every kind uses,
+    then the shade), so the objects and the depth video are the same whatever the kind. The pan is drawn last and
+    only with ``pan``, so switching it on changes nothing else in a video. ``plain`` paints the RGB background in the
+    mean colour of the textured one.
     """
     backdrop = _draw_backdrop(rng, height, width)
+    shade = _draw_shade(rng, height, width)
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
-    if not pan:
-        rgb, depth = _paint_backdrop(backdrop, xs, ys, height, width)
-        if plain:
-            rgb = np.broadcast_to(rgb.mean(axis=(0, 1), keepdims=True), rgb.shape).copy()
-        return rgb[None], depth[None]
-    direction = rng.uniform(0.0, 2 * math.pi)
-    shift = rng.uniform(*PAN_PX_PER_FRAME) * (np.arange(num_frames, dtype=np.float32) - (num_frames - 1) / 2)
-    # The camera moves by +shift along `direction`, so the scene point under pixel (x, y) is (x, y) + that shift.
-    x = xs[None] + (shift * math.cos(direction))[:, None, None]
-    y = ys[None] + (shift * math.sin(direction))[:, None, None]
-    rgb, depth = _paint_backdrop(backdrop, x, y, height, width)
-    if plain:  # a pan over a flat colour shows nothing
-        rgb = np.broadcast_to(rgb.mean(axis=(0, 1, 2), keepdims=True), rgb.shape).copy()
-    return rgb, depth
+    if pan:
+        direction = rng.uniform(0.0, 2 * math.pi)
+        shift = rng.uniform(*PAN_PX_PER_FRAME) * (np.arange(num_frames, dtype=np.float32) - (num_frames - 1) / 2)
+        # The camera moves by +shift along `direction`, so the scene point under pixel (x, y) is (x, y) + that shift.
+        xs = xs[None] + (shift * math.cos(direction))[:, None, None]
+        ys = ys[None] + (shift * math.sin(direction))[:, None, None]
+    rgb, depth = _paint_backdrop(backdrop, xs, ys, height, width)
+    if kind == "shaded":
+        rgb = shade.paint(xs, ys)
+    elif kind == "plain":  # one colour for the whole video (a pan over it shows nothing)
+        axes = tuple(range(rgb.ndim - 1))
+        rgb = np.broadcast_to(rgb.mean(axis=axes, keepdims=True), rgb.shape).copy()
+    return (rgb, depth) if pan else (rgb[None], depth[None])
 
 
 def _ramps(rng: np.random.Generator, lo: float, hi: float, num_frames: int, direction: int, count: int) -> np.ndarray:
@@ -368,7 +407,7 @@ def _ramps(rng: np.random.Generator, lo: float, hi: float, num_frames: int, dire
 
 
 def sample_scene(label: int, rng: np.random.Generator, *, num_frames: int, width: int, height: int,
-                 pan: bool = False, background: str = "textured") -> Scene:
+                 pan: bool = False, background: str = "shaded") -> Scene:
     """Draw one video of class ``label``: appearance from one law for all classes, motion from the class.
 
     Args:
@@ -377,7 +416,7 @@ def sample_scene(label: int, rng: np.random.Generator, *, num_frames: int, width
         num_frames: T.
         width, height: frame size in pixels.
         pan: slide the background (a camera pan, the same law for every class).
-        background: "textured" or "plain" (`DemoParams.background`).
+        background: "shaded", "textured" or "plain" (`DemoParams.background`).
     """
     moving, direction = MOTIONS[CLASSES[label]]
     count = int(rng.integers(NUM_OBJECTS[0], NUM_OBJECTS[1] + 1))
@@ -397,7 +436,7 @@ def sample_scene(label: int, rng: np.random.Generator, *, num_frames: int, width
     radius = np.exp(_ramps(rng, math.log(r_min), math.log(r_max), num_frames, steps["size"], count))
     spin = math.radians(rng.uniform(*SPIN_DEG_PER_FRAME)) * steps["angle"]
     angle = rng.uniform(0.0, 2 * math.pi, count)[:, None] + spin * np.arange(num_frames)[None]
-    background, background_depth = _background(rng, num_frames, height, width, pan, plain=background == "plain")
+    background, background_depth = _background(rng, num_frames, height, width, pan, background)
     # Far to near = small to large (depth ~ 1 / radius); all radii scale alike, so the order holds in every frame.
     order = np.argsort(radius[:, 0], kind="stable")
     return Scene(label, sides[order], np.stack(colours)[order], stripe_freq[order], stripe_phase[order], background,
@@ -631,7 +670,7 @@ def make_demo(
     depth: bool = True,
     shards: bool = True,
     pan: bool = False,
-    background: str = "textured",
+    background: str = "shaded",
     workers: int | None = None,
     progress: bool = False,
     reuse: str = "never",
@@ -648,7 +687,7 @@ def make_demo(
         depth: also write depth videos, manifests and shards.
         shards: also write webdataset shards (with `data.prep.shards.write_shards`).
         pan: slide the background under the objects (a slow camera pan, off by default; see the module docstring).
-        background: "textured" (default) or "plain" (`DemoParams.background`).
+        background: "shaded" (default), "textured" or "plain" (`DemoParams.background`).
         workers: processes for rendering; None = all cores (at most 8).
         progress: print progress to stderr.
         reuse: ``"never"`` (generate), ``"same"`` (keep a complete demo made with the same parameters) or ``"any"``
@@ -790,8 +829,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="slide the background under the objects (a slow camera pan in a random direction, the "
                              "same for every class): object motion must then be told from background motion")
     parser.add_argument("--background", choices=BACKGROUNDS, default=defaults.background,
-                        help="textured (default: structure in every 16x16 patch, for masked pretraining) or plain (one "
-                             "flat colour per video: frame-level classifiers from scratch cannot memorise it)")
+                        help="shaded (default: a light ramp across the frame, contrast in every 16x16 patch that "
+                             "masked pretraining learns to predict), textured (periodic textures in regions) or plain "
+                             "(one flat colour per video: frame-level classifiers from scratch cannot memorise it)")
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores, at most 8)")
     parser.add_argument("--if-missing", action="store_true",
                         help="do nothing if --out already holds a complete demo with the same settings")
