@@ -134,7 +134,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="clips per step")
     p.add_argument("--max-steps", type=int, default=400, help="fine-tuning steps of every run")
     p.add_argument("--num-workers", type=int, default=2, help="loader workers per run")
-    p.add_argument("--background", choices=("plain", "textured"), default="plain",
+    p.add_argument("--background", choices=("plain", "shaded", "textured"), default="plain",
                    help="the demo's background (timemae demo --background): plain by default, since from scratch a "
                         "frame-level model memorises each video's textured background instead of learning motion")
     p.add_argument("--seed", type=int, default=0, help="seed of the demo data and of every run")

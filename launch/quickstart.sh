@@ -7,12 +7,12 @@
 #   4. fine-tuning of the encoder it exported on the demo classes, then top-1 next to chance.
 # Needs only Python >= 3.10 and the package index; no GPU, no data or weight downloads. About 5 minutes on 2 cores
 # after the first install. Output under runs/quickstart (override with OUT=...). Flags given to this script go to the
-# pretraining; FT_STEPS sets the fine-tuning's length (default 200).
+# pretraining; FT_STEPS sets the fine-tuning's length (default 400).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
 OUT=${OUT:-runs/quickstart}
-FT_STEPS=${FT_STEPS:-200}
+FT_STEPS=${FT_STEPS:-400}
 export TIMEMAE_DEMO_DIR="$OUT/demo"
 mkdir -p "$OUT"
 PATH="$PWD/.venv/bin:$PATH"
@@ -42,8 +42,11 @@ print(f"pretraining loss (norm-pix): mean of the first {k} logged steps {first:.
 PY
 
 echo "== 4. fine-tuning the exported encoder on the demo classes (train split, evaluated on the val split)"
-FT=(deepspeed finetune/run.py --init-from "$OUT/pretrain/encoder.pth" --model vit_tiny --input-size 112 --num-frames 8
-    --batch-size 8 --num-workers 2 --max-steps "$FT_STEPS" --eval-every 50 --output-dir "$OUT/finetune")
+# A short-run recipe: the VideoMAE one (base lr 1e-3 with layer decay, mixup, cutmix, RandAugment) needs far more
+# steps than a quickstart has.
+FT=(deepspeed finetune/run.py --init-from "$OUT/pretrain/encoder.pth" --model vit_mini --input-size 112 --num-frames 8
+    --batch-size 8 --num-workers 2 --max-steps "$FT_STEPS" --eval-every 100 --base-lr 5e-2 --layer-decay 1
+    --mixup 0 --cutmix 0 --rand-augment none --reprob 0 --output-dir "$OUT/finetune")
 "${FT[@]}"
 python - "$OUT/finetune/metrics.json" "$TIMEMAE_DEMO_DIR/classes.txt" <<'PY'
 import json, sys
@@ -67,6 +70,6 @@ Done. Look at:
 
 Fine-tune it again, longer or with other flags (train split, evaluated on the val split):
   TIMEMAE_DEMO_DIR=$TIMEMAE_DEMO_DIR .venv/bin/deepspeed finetune/run.py --init-from $OUT/pretrain/encoder.pth \\
-    --model vit_tiny --input-size 112 --num-frames 8 --batch-size 8 --num-workers 2 --max-steps 200 --eval-every 50 \\
-    --output-dir $OUT/finetune_more
+    --model vit_mini --input-size 112 --num-frames 8 --batch-size 8 --num-workers 2 --max-steps 2000 --eval-every 200 \\
+    --base-lr 5e-2 --layer-decay 1 --mixup 0 --cutmix 0 --rand-augment none --reprob 0 --output-dir $OUT/finetune_more
 MSG
