@@ -16,8 +16,8 @@ outlines and stripes 4-20 px apart. A masked background patch is then the contin
 neighbours show, which a small ViT learns to predict within minutes on a CPU (the quickstart's loss falls by about
 half). ``--background textured`` paints the background as 2-4 Voronoi regions of periodic textures (gratings,
 checkerboards, bricks, plaids, periods of 8-24 px) instead: every patch carries contrast there too, but a texture's
-phase inside a patch is a fine detail that short runs do not learn, and the loss stays near 1.0 for thousands of
-steps. ``--background plain`` paints one flat colour per video (for frame-level classifiers trained from scratch,
+phase inside a patch is a fine detail that short runs do not learn: the loss stayed near 1.0 in CPU runs of up to
+1,000 steps. ``--background plain`` paints one flat colour per video (for frame-level classifiers trained from scratch,
 which memorise a textured background instead of learning the motion).
 
 No single frame tells the class. What a frame shows -- number of objects, their shapes, colours, stripes, positions,
