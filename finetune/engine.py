@@ -29,7 +29,7 @@ from data.clip import as_model_input
 from finetune import report
 from finetune.config import Derived, FinetuneConfig
 from launch import config as config_lib
-from launch.loop import adamw, sgd
+from launch.loop import adamw, average_norm_statistics, sgd
 from launch.trainer import DTYPES, StageHooks
 
 __all__ = ["EvalSet", "FinetuneStage", "evaluate", "evaluate_videos", "layer_decay_groups", "make_optimizer",
@@ -190,6 +190,7 @@ class FinetuneStage(StageHooks):
         final = step == self.d.total_steps
         if not self.evals or not (step % self.d.eval_every == 0 or final):
             return
+        average_norm_statistics(engine.module)  # every rank evaluates with the statistics the checkpoint holds
         results = {e.split: run_eval(engine.module, e, trainer, self.d, step) for e in self.evals}
         # The same decision on every rank (the metrics come from the gathered results): full_state_dict is collective.
         if self.criterion == "val":

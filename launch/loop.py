@@ -117,6 +117,32 @@ def check_micro_batch(loss: torch.Tensor, stop: bool = False) -> tuple[bool, boo
     return bad == 0.0, stop_any > 0.0
 
 
+NORM_STATISTICS = ("running_mean", "running_var")
+
+
+def average_norm_statistics(module: torch.nn.Module) -> None:
+    """Set every rank's batch-norm running statistics to their mean over the ranks, in place (one process: nothing).
+
+    Each rank updates its running statistics from its own batches, and DeepSpeed, unlike DDP, broadcasts no buffers:
+    without this, each rank would evaluate its share of the validation videos with its own statistics, and the
+    checkpoint (rank 0's module) would hold rank 0's alone. Called where the statistics are read, before every
+    evaluation and every checkpoint, so the evaluated model is the saved one on every rank, and a resumed run (every
+    rank loads the checkpoint's, i.e. the mean) matches an uninterrupted one bitwise. Training is unaffected: in
+    training mode batch norm uses the batch's statistics. The mean over ranks of the running means is the running
+    mean of all batches; of the running variances, the mean within-rank variance (as timm's ``distribute_bn``).
+    """
+    if not is_distributed():
+        return
+    stats = [b for name, b in module.named_buffers() if name.endswith(NORM_STATISTICS) and b.is_floating_point()]
+    for dtype in dict.fromkeys(b.dtype for b in stats):  # in module order: the same collectives on every rank
+        group = [b for b in stats if b.dtype == dtype]
+        flat = torch.cat([b.reshape(-1) for b in group])
+        torch.distributed.all_reduce(flat)
+        flat.div_(torch.distributed.get_world_size())
+        for b, part in zip(group, flat.split([b.numel() for b in group]), strict=True):
+            b.copy_(part.view_as(b))
+
+
 def adamw(groups: list[dict], lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.AdamW:
     """torch's AdamW: its fused CUDA kernel on a GPU, the default (foreach) implementation elsewhere.
 

@@ -38,7 +38,15 @@ from launch.checkpoint import CheckpointManager, CheckpointWriteError, make_load
 from launch.ds_config import make_ds_config, merge_extra, resolve_precision
 from launch.flops import ClipFlops, count_clip_flops, mfu, peak_tflops
 from launch.logger import RunLogger
-from launch.loop import LoopState, NonFiniteLoss, compile_in_place, device_memory, lr_at, step_seed
+from launch.loop import (
+    LoopState,
+    NonFiniteLoss,
+    average_norm_statistics,
+    compile_in_place,
+    device_memory,
+    lr_at,
+    step_seed,
+)
 
 DEMO_DIR = os.environ.get("TIMEMAE_DEMO_DIR", os.path.join("runs", "demo"))
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -266,6 +274,7 @@ class Trainer:
             batches = dataset.tracked(iter(loader))  # the loader's base seed must not move the training RNG
 
         def save() -> None:
+            average_norm_statistics(engine.module)
             client = {"timemae": {"step": state.step, "micro_batches": state.micro_batches,
                                   "epoch": state.step / d.steps_per_epoch, "config": config_lib.to_dict(cfg),
                                   **stage.client_state()}}

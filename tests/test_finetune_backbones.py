@@ -144,7 +144,9 @@ def test_bad_backbone_input_is_one_line_and_exit_2(demo_dir, tmp_path, flags, me
 @pytest.mark.parametrize("temporal", ["tsm", "stw", "trm", "atr"])
 def test_two_ranks_fine_tune_resnet18_with_each_module_and_resume_bitwise(demo_dir, tmp_path, temporal):
     """Two ranks (deepspeed launcher, gloo), ZeRO-2, resnet18 + the module: metrics, best.pth, and a run killed with
-    SIGKILL after its step-2 checkpoint and resumed logs bitwise the same losses as the uninterrupted one."""
+    SIGKILL after its step-2 checkpoint and resumed logs bitwise the same losses as the uninterrupted one, and the
+    same evaluation (each rank evaluates its share of the videos with the batch-norm statistics averaged over the
+    ranks, which the checkpoint holds)."""
     port = str(29400 + (os.getpid() + hash(temporal)) % 500)
     common = ["finetune/run.py", *R18, "--temporal", temporal, "--zero-stage", "2", "--max-steps", "4",
               "--save-every", "2", "--eval-every", "4", "--dropout", "0.5", "--num-workers", "2", "--accum-steps", "3"]
