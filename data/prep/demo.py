@@ -356,9 +356,13 @@ def _paint_backdrop(backdrop: _Backdrop, x: np.ndarray, y: np.ndarray, height: i
         p = _pattern(region, x[inside], y[inside])[:, None]
         rgb[inside] = region.dark + p * (region.light - region.dark)
     rgb *= (1.0 + backdrop.shading[0] * (x / width - 0.5) + backdrop.shading[1] * (y / width - 0.5))[..., None]
+    return np.clip(rgb, 0.0, 1.0), _backdrop_depth(backdrop, x, y, height, width)
+
+
+def _backdrop_depth(backdrop: _Backdrop, x: np.ndarray, y: np.ndarray, height: int, width: int) -> np.ndarray:
+    """The background's depth at scene points (x, y): a tilted plane in metres, float32, every background kind's."""
     centre, slope_y, slope_x = backdrop.depth
-    depth = centre + slope_y * (y / height - 0.5) + slope_x * (x / width - 0.5)
-    return np.clip(rgb, 0.0, 1.0), depth.astype(np.float32)
+    return (centre + slope_y * (y / height - 0.5) + slope_x * (x / width - 0.5)).astype(np.float32)
 
 
 def _background(rng: np.random.Generator, num_frames: int, height: int, width: int, pan: bool,
@@ -379,10 +383,11 @@ def _background(rng: np.random.Generator, num_frames: int, height: int, width: i
         # The camera moves by +shift along `direction`, so the scene point under pixel (x, y) is (x, y) + that shift.
         xs = xs[None] + (shift * math.cos(direction))[:, None, None]
         ys = ys[None] + (shift * math.sin(direction))[:, None, None]
-    rgb, depth = _paint_backdrop(backdrop, xs, ys, height, width)
-    if kind == "shaded":
-        rgb = shade.paint(xs, ys)
-    elif kind == "plain":  # one colour for the whole video (a pan over it shows nothing)
+    if kind == "shaded":  # the texture is not painted, only the plane's depth
+        rgb, depth = shade.paint(xs, ys), _backdrop_depth(backdrop, xs, ys, height, width)
+    else:
+        rgb, depth = _paint_backdrop(backdrop, xs, ys, height, width)
+    if kind == "plain":  # one colour for the whole video (a pan over it shows nothing)
         axes = tuple(range(rgb.ndim - 1))
         rgb = np.broadcast_to(rgb.mean(axis=axes, keepdims=True), rgb.shape).copy()
     return (rgb, depth) if pan else (rgb[None], depth[None])
