@@ -40,7 +40,8 @@ SETTINGS: dict[str, tuple[int, str, str]] = {
 }
 EXPERIMENTS = ("time-vs-frames",)
 # Every run trains from scratch, where the TSN recipe (SGD at 0.01 per 64 clips, made for ImageNet weights) learns
-# nothing in a few hundred steps: AdamW at 1e-3 per 16 clips instead. --finetune-flags come after, so they override it.
+# nothing in a few hundred steps: AdamW at 1e-3 per 16 clips instead, after a one-epoch warm-up held constant (the
+# recipe's step schedule first divides it at epoch 30, past these runs). --finetune-flags come after and override it.
 SCRATCH_RECIPE = ("--optimizer", "adamw", "--base-lr", "0.016", "--min-lr", "0", "--weight-decay", "0.05",
                   "--warmup-epochs", "1")
 
@@ -126,13 +127,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (demo data, runs, table)")
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), choices=list(SETTINGS), metavar="SETTING",
                    help=f"which settings to run (default all: {', '.join(SETTINGS)})")
-    p.add_argument("--videos-per-class", type=int, default=32, help="demo training videos per class")
-    p.add_argument("--val-per-class", type=int, default=8, help="demo validation videos per class")
+    p.add_argument("--videos-per-class", type=int, default=64, help="demo training videos per class")
+    p.add_argument("--val-per-class", type=int, default=16, help="demo validation videos per class")
     p.add_argument("--model", default="resnet18", help="the frame-level backbone (a TSN ResNet)")
     p.add_argument("--input-size", type=int, default=112, help="clip size")
-    p.add_argument("--num-frames", type=int, default=8, help="T*, TIME frames per clip")
+    p.add_argument("--num-frames", type=int, default=2, help="T*, TIME frames per clip")
     p.add_argument("--batch-size", type=int, default=16, help="clips per step")
-    p.add_argument("--max-steps", type=int, default=400, help="fine-tuning steps of every run")
+    p.add_argument("--max-steps", type=int, default=300, help="fine-tuning steps of every run")
     p.add_argument("--num-workers", type=int, default=2, help="loader workers per run")
     p.add_argument("--background", choices=("plain", "shaded", "textured"), default="plain",
                    help="the demo's background (timemae demo --background): plain by default, since from scratch a "
