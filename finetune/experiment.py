@@ -21,6 +21,7 @@ import json
 import shlex
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -112,7 +113,7 @@ def write_table(rows: list[dict[str, Any]], out: Path, chance: float, title: str
     ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label="chance")
     ax.set_ylabel("top-1")
     ax.set_ylim(0, 1)
-    ax.set_title(title, fontsize=8)
+    ax.set_title("\n".join(textwrap.wrap(title, 95)), fontsize=8)
     ax.tick_params(axis="x", labelsize=7, rotation=20)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -16,7 +16,7 @@ def test_quickstart_and_the_finetune_command_it_prints(demo_dir):
     res = subprocess.run(["bash", "launch/quickstart.sh", *flags], cwd=ROOT, env=env, capture_output=True, text=True,
                          timeout=1200)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert (out / "preview" / "sheet.png").is_file() and (out / "preview" / "frame_3.png").is_file()
+    assert (out / "preview" / "sheet.png").is_file() and (out / "preview" / "frame_03.png").is_file()
     steps = [json.loads(line)["step"] for line in (out / "pretrain" / "log.jsonl").read_text().splitlines()]
     assert max(steps) == 4
     assert (out / "pretrain" / "encoder.pth").is_file() and any((out / "pretrain" / "tensorboard").iterdir())
