@@ -19,6 +19,9 @@ FT_STEPS=${FT_STEPS:-1500}
 export TIMEMAE_DEMO_DIR="$OUT/demo"
 mkdir -p "$OUT"
 PATH="$PWD/.venv/bin:$PATH"
+# The launcher's rendezvous port: a free one unless MASTER_PORT is set, so that a quickstart runs beside another
+# deepspeed job on the same machine (the launcher's default, 29500, would clash).
+PORT=${MASTER_PORT:-$(python -c "import socket; s = socket.socket(); s.bind(('', 0)); print(s.getsockname()[1])")}
 # CPU linear layers through oneDNN (models/linear.py; opt-in, off by default, never used on CUDA).
 export TIMEMAE_CPU_LINEAR=${TIMEMAE_CPU_LINEAR:-onednn}
 
@@ -32,7 +35,7 @@ timemae preview --video "$video" --grid-n 2 --arrangement spatial --num-frames 4
 
 echo "== 3. pretraining: deepspeed pretrain/run.py --mask-ratio 0.75 --grid-n 2 (small model, demo shards)"
 # On a machine without GPUs DeepSpeed runs one CPU process (gloo); with GPUs, one process per GPU.
-deepspeed pretrain/run.py --mask-ratio 0.75 --grid-n 2 \
+deepspeed --master_port "$PORT" pretrain/run.py --mask-ratio 0.75 --grid-n 2 \
   --model vit_mini --input-size 128 --num-frames 4 --batch-size 8 --num-workers 2 \
   --max-steps "$PT_STEPS" --warmup-epochs 1.5 --base-lr 5e-2 --log-every 10 --save-every 600 --recon-every 400 \
   --output-dir "$OUT/pretrain" "$@"
@@ -52,8 +55,8 @@ echo "== 4. fine-tuning the exported encoder on the demo classes (train split, e
 FT_FLAGS=(--model vit_mini --input-size 128 --num-frames 2 --batch-size 16 --num-workers 2
           --base-lr 8e-3 --min-lr 0 --warmup-epochs 1.5 --layer-decay 1 --drop-path 0 --label-smoothing 0
           --mixup 0 --cutmix 0 --rand-augment none --reprob 0 --train-crop multiscale)
-FT=(deepspeed finetune/run.py --init-from "$OUT/pretrain/encoder.pth" "${FT_FLAGS[@]}" --max-steps "$FT_STEPS"
-    --eval-every 500 --output-dir "$OUT/finetune")
+FT=(deepspeed --master_port "$PORT" finetune/run.py --init-from "$OUT/pretrain/encoder.pth" "${FT_FLAGS[@]}"
+    --max-steps "$FT_STEPS" --eval-every 500 --output-dir "$OUT/finetune")
 "${FT[@]}"
 python - "$OUT/finetune/metrics.json" "$TIMEMAE_DEMO_DIR/classes.txt" <<'PY'
 import json, sys
