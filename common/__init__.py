@@ -3,7 +3,8 @@
 - `common.errors`: `UserError` (bad input, one line, exit 2), `DecodeError` (one unreadable sample), `one_line`;
 - `common.files`: atomic file writing (bytes, text, ``torch.save``, a matplotlib figure);
 - `common.dist`: `distributed`, whether a process group is up;
-- `common.constants`: the ImageNet statistics, video and image file extensions, modality names.
+- `common.constants`: the ImageNet statistics, video and image file extensions, modality names;
+- `common.cpu`: `prefer_passive_wait`, the OpenMP wait policy the training entry points set before torch loads.
 
 This package imports only the standard library at import time (torch and matplotlib only inside the functions that
 need them), so that ``data``, ``models`` and ``launch`` can all stand on it without importing one another.

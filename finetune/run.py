@@ -18,6 +18,10 @@ import sys
 if __package__ in (None, ""):  # run as a script: import the packages, not this folder's modules, by top-level name
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+from common.cpu import prefer_passive_wait  # noqa: E402
+
+prefer_passive_wait()  # before torch is imported (common/cpu.py: idle OpenMP threads leave the cores to the loader)
+
 import json  # noqa: E402
 
 from common.errors import UserError  # noqa: E402

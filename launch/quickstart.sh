@@ -5,9 +5,9 @@
 #   3. `deepspeed pretrain/run.py --mask-ratio 0.75 --grid-n 2` with a small model (vit_mini: two blocks) for 1200
 #      steps, then the mean norm-pix loss of its first and last 10 logged steps;
 #   4. fine-tuning of the encoder it exported on the demo classes, then top-1 next to chance.
-# Needs only Python >= 3.10 and the package index; no GPU, no data or weight downloads. About 10 minutes on 2 cores
+# Needs only Python >= 3.10 and the package index; no GPU, no data or weight downloads. About 8 minutes on 2 cores
 # after the first install. Output under runs/quickstart (override with OUT=...). Flags given to this script go to the
-# pretraining; PT_STEPS and FT_STEPS set the two stages' lengths (defaults 1200 and 1500).
+# pretraining; PT_STEPS and FT_STEPS set the two stages' lengths (defaults 1200 and 1400).
 # Geometry: 128 px with N = 2 makes each TIME cell 64 px, four 16-px patches wide, so no patch straddles two cells
 # (at 112 px a cell is 3.5 patches wide). 512 training videos: from 256 the fine-tuning memorised them instead.
 set -euo pipefail
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 bash launch/setup.sh
 OUT=${OUT:-runs/quickstart}
 PT_STEPS=${PT_STEPS:-1200}
-FT_STEPS=${FT_STEPS:-1500}
+FT_STEPS=${FT_STEPS:-1400}
 export TIMEMAE_DEMO_DIR="$OUT/demo"
 mkdir -p "$OUT"
 PATH="$PWD/.venv/bin:$PATH"

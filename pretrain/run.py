@@ -16,6 +16,10 @@ import sys
 if __package__ in (None, ""):  # run as a script: import the packages, not this folder's modules, by top-level name
     sys.path[0] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+from common.cpu import prefer_passive_wait  # noqa: E402
+
+prefer_passive_wait()  # before torch is imported (common/cpu.py: idle OpenMP threads leave the cores to the loader)
+
 from data.clip import ClipSpec  # noqa: E402
 from launch import config as config_lib  # noqa: E402
 from launch.fields import validate_common  # noqa: E402
