@@ -68,6 +68,13 @@ def main(argv: list[str] | None = None) -> int:
     except (UserError, DecodeError) as err:  # a DecodeError that gets here is the one video the user named
         print(f"timemae {name}: error: {one_line(err)}", file=sys.stderr)
         return 2
+    except OSError as err:  # a file system refusal, most often of a path on the command line (--out under /proc)
+        if err.filename is None:
+            raise
+        where = f"{err.filename}" + (f" -> {err.filename2}" if err.filename2 else "")
+        print(f"timemae {name}: error: {where}: {err.strerror or err}; check the path and its permissions "
+              "(an output folder must be creatable and writable)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"timemae {name}: interrupted", file=sys.stderr)
         return 130

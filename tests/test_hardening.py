@@ -156,3 +156,21 @@ def test_a_tampered_checkpoint_file_is_refused_and_runs_nothing(demo_dir, tmp_pa
         lines = [ln for ln in out.stderr.splitlines() if "error" in ln]
         assert len(lines) == 1 and str(tampered) in lines[0] and "refused" in lines[0], out.stderr[-2000:]
         assert "Traceback" not in out.stderr and not marker.exists()
+
+
+def test_timemae_commands_refuse_an_output_path_they_cannot_create_in_one_line(tmp_path, capsys):
+    # Every `timemae` command that writes a folder: a path under a file (or anywhere the file system refuses) is one
+    # line naming the path, exit 2, whichever command meets it first.
+    from videos import write_index_video
+
+    from launch.cli import main
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    video = tmp_path / "clip.mp4"
+    write_index_video(video, 32)
+    for argv in (["demo", "--out", str(a_file / "demo")],
+                 ["preview", "--video", str(video), "--out", str(a_file / "preview")]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(a_file) in err[0] and "Not a directory" in err[0], err

@@ -75,3 +75,35 @@ def test_norm_pix_loss_falls_below_the_zero_and_visible_mean_baselines(demo_dir)
     floor = min(zeros, visible_mean) - 0.1  # neither baseline reaches it
     assert np.isfinite(learned) and learned < floor, (learned, zeros, visible_mean)
     assert learned < 0.75 * zeros, (learned, zeros)  # a quarter below predicting zeros, as the quickstart's target
+
+
+def test_demo_loss_split_marks_the_object_patches(demo_dir):
+    # tools.demo_loss_split redraws each validation video from its seed to know where the objects are: the redrawn
+    # frames are the decoded ones (up to the codec), and the split covers every hidden patch once.
+    import io
+
+    from data.prep.demo import _read_stamp, _stamp_params
+    from tools.demo_loss_split import _load, _object_coverage, measure
+
+    params = _stamp_params(_read_stamp(demo_dir))
+    path, frames = _load(demo_dir, "val", 1)[0]
+    covered = _object_coverage(path, params, "val")[..., 0] > 0  # (T, H, W)
+    assert covered.shape == frames.shape[:3] and 0.02 < covered.mean() < 0.6
+    # An object pixel differs from the background behind it; the redraw places the objects where the video has them.
+    from data.prep.demo import CLASSES, render_scene, sample_scene, video_rng
+
+    name, index = path.rsplit("/", 1)[1][:-4].rsplit("_", 1)
+    scene = sample_scene(CLASSES.index(name), video_rng(params.seed, "val", CLASSES.index(name), int(index)),
+                         num_frames=params.num_frames, width=params.width, height=params.height)
+    rgb, _, _ = render_scene(scene, coverage=False)
+    assert np.abs(rgb.astype(np.int16) - frames.astype(np.int16)).mean() < 3.0
+
+    out = io.StringIO()
+    rows = measure(demo_dir, steps=2, eval_every=1, val_limit=8, out=out)
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    for row in rows:
+        assert abs(row["object"]["share"] + row["background"]["share"] - 1.0) < 1e-6
+        assert 0.05 < row["object"]["share"] < 0.8
+        for name in ("all", "object", "background"):
+            assert 0.9 < row[name]["zeros"] < 1.1  # norm-pix: predicting zeros costs ~1 on any patch set
+    assert "background" in out.getvalue()
