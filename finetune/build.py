@@ -57,6 +57,14 @@ def validate(cfg: FinetuneConfig, family: str) -> None:
     if cfg.init_from and not os.path.isfile(cfg.init_from):
         raise UserError(f"--init-from {cfg.init_from} does not exist; give an encoder.pth, a best.pth or an official "
                         "VideoMAE checkpoint")
+    if family == "resnet" and cfg.temporal != "none":
+        # The temporal module checks its options and the frame count when it is built: build the model here on the
+        # meta device (no memory, well under a second), so that a bad one stops the run before its folder or the
+        # process group exist.
+        import torch
+
+        with torch.device("meta"):
+            build_model(cfg, family, max(cfg.num_classes, 1))
 
 
 def resolve_data(cfg: FinetuneConfig, trainer: Trainer) -> tuple[str, str]:

@@ -101,6 +101,8 @@ def validate_common(cfg: Any) -> None:
     for name in ("min_lr", "warmup_epochs", "weight_decay", "clip_grad"):
         if getattr(cfg, name) < 0:
             raise UserError(f"{flag_name(name)} {getattr(cfg, name)} is < 0; use 0 or more")
+    if getattr(cfg, "samples_per_decode", 1) < 1:  # checked again by the stream; here before any demo is made
+        raise UserError(f"--samples-per-decode {cfg.samples_per_decode} is < 1; use 1 (off) or e.g. 2 or 4")
     if cfg.resume not in ("auto", "none") and not os.path.isdir(cfg.resume):
         raise UserError(f"--resume {cfg.resume} is not a folder; use auto, none or a checkpoint folder")
     check_sampling(cfg)

@@ -207,6 +207,9 @@ def test_the_demo_data_is_announced_before_it_is_made(tmp_path, monkeypatch, cap
         ("pretrain/run.py", ["--init-from", "/no/such/weights.pth"], "--init-from /no/such/weights.pth"),
         ("pretrain/run.py", ["--modality", "depth", "--data", "DEMO_RGB"], "--modality depth but the --data shards"),
         ("finetune/run.py", ["--data", "/no/such/shards"], "/no/such/shards"),
+        ("pretrain/run.py", ["--samples-per-decode", "0"], "--samples-per-decode 0 is < 1"),
+        ("finetune/run.py", ["--model", "resnet18", "--input-size", "32", "--temporal", "tsm", "--temporal-options",
+                             "fold_div=abc"], "fold_div='abc'"),
     ],
 )
 def test_bad_input_fails_before_the_distributed_start_up_and_leaves_no_run_folder(demo_dir, tmp_path, script, flags,
