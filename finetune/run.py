@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     elif cfg.eval_only:
         raise UserError("--eval-only needs validation data; pass --val-data")
     num_classes = resolve_num_classes(cfg, sources)
+    if num_classes < 2:  # trains (a test may want it), but learns nothing: the softmax of one class is always 1
+        trainer.log.info("warning: one class only (every label is 0): the loss is 0 whatever the weights, so nothing "
+                         "is learned; check the manifest's labels, or pass --num-classes N")
 
     trainer.seed()
     model = build_model(cfg, family, num_classes)

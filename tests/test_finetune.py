@@ -376,3 +376,19 @@ def test_bad_input_is_one_line_and_exit_2(demo_dir, tmp_path, flags, message):
                      demo=demo_dir, timeout=300)
     check_usage_error(out, message)
     assert "Traceback" not in out.stderr
+
+
+def test_fine_tuning_on_one_class_says_it_learns_nothing(tmp_path):
+    # Shards whose labels are all 0: training runs (nothing breaks), and the log says why it can learn nothing.
+    from data.manifest import Record
+    from data.shards import write_shards
+
+    rng = np.random.default_rng(0)
+    records = [Record(write_colour_video(tmp_path / f"v{i}.mp4", COLOURS[0], rng), 0) for i in range(2)]
+    write_shards(records, tmp_path / "shards", progress=False, short_side=32)
+    run = tmp_path / "run"
+    out = run_script(["finetune/run.py", "--data", str(tmp_path / "shards"), "--val-data", "none", "--model",
+                      "resnet18", "--input-size", "32", "--num-frames", "2", "--batch-size", "2", "--num-workers",
+                      "0", "--max-steps", "1", "--output-dir", str(run)])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "warning: one class only" in out.stdout + out.stderr
