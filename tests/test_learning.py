@@ -82,20 +82,15 @@ def test_demo_loss_split_marks_the_object_patches(demo_dir):
     # frames are the decoded ones (up to the codec), and the split covers every hidden patch once.
     import io
 
-    from data.prep.demo import _read_stamp, _stamp_params
-    from tools.demo_loss_split import _load, _object_coverage, measure
+    from data.prep.demo import render_scene
+    from tools.demo_loss_split import _load, _object_coverage, demo_params, measure, scene_of
 
-    params = _stamp_params(_read_stamp(demo_dir))
+    params = demo_params(demo_dir)
     path, frames = _load(demo_dir, "val", 1)[0]
     covered = _object_coverage(path, params, "val")[..., 0] > 0  # (T, H, W)
     assert covered.shape == frames.shape[:3] and 0.02 < covered.mean() < 0.6
     # An object pixel differs from the background behind it; the redraw places the objects where the video has them.
-    from data.prep.demo import CLASSES, render_scene, sample_scene, video_rng
-
-    name, index = path.rsplit("/", 1)[1][:-4].rsplit("_", 1)
-    scene = sample_scene(CLASSES.index(name), video_rng(params.seed, "val", CLASSES.index(name), int(index)),
-                         num_frames=params.num_frames, width=params.width, height=params.height)
-    rgb, _, _ = render_scene(scene, coverage=False)
+    rgb, _, _ = render_scene(scene_of(path, params, "val"), coverage=False)
     assert np.abs(rgb.astype(np.int16) - frames.astype(np.int16)).mean() < 3.0
 
     out = io.StringIO()

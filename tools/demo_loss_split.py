@@ -48,14 +48,26 @@ def _load(root: Path, split: str, limit: int | None = None) -> list[tuple[str, n
     return out
 
 
+def demo_params(root: Path):
+    """The `DemoParams` a demo folder was made with (its ``demo.json``); UserError for any other folder."""
+    params = _stamp_params(_read_stamp(root))
+    if params is None:
+        raise UserError(f"{root} holds no demo made by this version of `timemae demo` (no readable demo.json); "
+                        f"make one with: timemae demo --out {root}")
+    return params
+
+
+def scene_of(path: str, params, split: str):
+    """The `Scene` of one demo video, drawn again from its seed (the file name gives class and index)."""
+    label_name, index = Path(path).stem.rsplit("_", 1)  # e.g. move_left_003
+    label = CLASSES.index(label_name)
+    return sample_scene(label, video_rng(params.seed, split, label, int(index)), num_frames=params.num_frames,
+                        width=params.width, height=params.height, pan=params.pan, background=params.background)
+
+
 def _object_coverage(path: str, params, split: str) -> np.ndarray:
     """(T, H, W, 3) uint8: 255 where any object covers at least half a pixel of this demo video's frame."""
-    name = Path(path).stem  # e.g. move_left_003
-    label_name, index = name.rsplit("_", 1)
-    label = CLASSES.index(label_name)
-    scene = sample_scene(label, video_rng(params.seed, split, label, int(index)), num_frames=params.num_frames,
-                         width=params.width, height=params.height, pan=params.pan, background=params.background)
-    _, _, masks = render_scene(scene)
+    _, _, masks = render_scene(scene_of(path, params, split))
     covered = (masks.max(axis=0) >= 0.5).astype(np.uint8) * 255  # (T, H, W)
     return np.repeat(covered[..., None], 3, axis=-1)
 
@@ -64,10 +76,7 @@ def measure(demo: Path, *, steps: int, eval_every: int, model_name: str = "vit_m
             num_frames: int = 4, batch_size: int = 8, base_lr: float = 5e-2, mask_ratio: float = 0.75,
             seed: int = 0, val_limit: int | None = None, out=sys.stdout) -> list[dict]:
     """Train and measure (see the module docstring); returns one dict per evaluation."""
-    params = _stamp_params(_read_stamp(demo))
-    if params is None:
-        raise UserError(f"{demo} holds no demo made by this version of `timemae demo` (no readable demo.json); "
-                        f"make one with: timemae demo --out {demo}")
+    params = demo_params(demo)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     train_spec = ClipSpec(num_frames=num_frames, grid_n=2, input_size=input_size, train=True, crop="multiscale",
