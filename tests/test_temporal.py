@@ -20,6 +20,7 @@ from models.temporal import (
     build_temporal,
     module_options,
     relocate,
+    time_shift,
 )
 
 C, HW = 16, (4, 4)
@@ -154,6 +155,29 @@ def test_tsm_follows_the_standard_convention():
     assert torch.equal(TSM(C, t, spatial_size=HW)(x), expected)
     # channel 0 of frame 0 holds frame 1's value: the first fold reads the NEXT frame
     assert torch.equal(TSM(C, t, spatial_size=HW)(x)[0, 0], x[1, 0])
+
+
+@pytest.mark.parametrize("spans", [((0, 2, -1), (2, 4, 1)), ((0, C, 1),), ((3, 5, 1), (0, 2, 0), (9, 16, -1))])
+def test_time_shift_is_the_sliced_shift_and_its_backward_is_the_adjoint(spans):
+    t = 4
+    x5 = to_clips(frames(2, t), t).double().requires_grad_(True)
+    expected = x5.detach().clone()
+    for c0, c1, s in spans:
+        expected[:, :, c0:c1] = 0
+        src = x5.detach()[:, :, c0:c1]
+        if s > 0:
+            expected[:, s:, c0:c1] = src[:, :-s]
+        elif s < 0:
+            expected[:, :s, c0:c1] = src[:, -s:]
+        else:
+            expected[:, :, c0:c1] = src
+    assert torch.equal(time_shift(x5, spans), expected)
+    assert torch.autograd.gradcheck(lambda v: time_shift(v, spans), (x5,))
+    # a channels-last feature map keeps its layout, so the caller's view back to (B*T, C, H, W) still works
+    x = frames(2, t).contiguous(memory_format=torch.channels_last)
+    y = TSM(C, t, spatial_size=HW)(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y, TSM(C, t, spatial_size=HW)(x.contiguous()))
 
 
 def test_trm_with_fixed_offsets_reproduces_tsm():
