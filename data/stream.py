@@ -85,7 +85,8 @@ def resolve_shards(shards: str | os.PathLike | Iterable[str]) -> tuple[list[str]
 
     Args:
         shards: a folder written by `data.prep.shards.write_shards` (its index.json lists the shards; otherwise every
-            ``*.tar`` in it), one ``.tar`` file, a brace pattern (``dir/shard-{000000..000009}.tar``) or a list of them.
+            ``*.tar`` in it), one ``.tar`` file, a brace pattern (``dir/shard-{000000..000009}.tar``), a shell pattern
+            (``dir/train-*.tar``, expanded here in sorted order when no file has that literal name) or a list of them.
 
     Returns:
         (sorted-as-given list of tar paths, num_samples or None when unknown).
@@ -112,7 +113,15 @@ def resolve_shards(shards: str | os.PathLike | Iterable[str]) -> tuple[list[str]
             if not found:
                 raise UserError(f"shard folder {item} holds no .tar shards; write some with `timemae shards`")
         else:
-            found = list(braceexpand.braceexpand(item)) if "{" in item else [item]
+            found = []
+            for path in braceexpand.braceexpand(item) if "{" in item else [item]:
+                if any(ch in path for ch in "*?[") and not os.path.exists(path):
+                    matched = sorted(glob.glob(path))  # a shell pattern the shell did not expand (it was quoted)
+                    if not matched:
+                        raise UserError(f"shard pattern {path} matches no file; check the path (or rewrite the shards)")
+                    found += matched
+                else:
+                    found.append(path)
             count = None
         missing = [p for p in found if not os.path.isfile(p)]
         if missing:

@@ -41,7 +41,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def _top_parser() -> argparse.ArgumentParser:
-    lines = "\n".join(f"  {name:<14}{text}" for name, (_, text) in COMMANDS.items())
+    width = max(map(len, COMMANDS)) + 2
+    lines = "\n".join(f"  {name:<{width}}{text}" for name, (_, text) in COMMANDS.items())
     return argparse.ArgumentParser(
         prog="timemae",
         description="timemae: TIME-grid video pretraining and fine-tuning.",

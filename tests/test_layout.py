@@ -3,6 +3,7 @@ and the command's surface."""
 
 import ast
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -134,7 +135,8 @@ def test_help_lists_every_command():
     out = _timemae("--help")
     assert out.returncode == 0
     for name in COMMANDS:
-        assert name in out.stdout
+        # each name stands apart from its description, also the longest one
+        assert re.search(rf"^  {re.escape(name)} +\S", out.stdout, re.M), name
 
 
 def test_unknown_command_exits_2():

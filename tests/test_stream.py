@@ -328,3 +328,16 @@ def test_a_user_error_in_a_loader_worker_reaches_the_user_as_its_one_line(tmp_pa
     assert one_line(UserError("plain")) == "plain"
     with pytest.raises(UserError, match="3 training samples cannot feed 12 loader workers"):  # in the main process
         make_loader(ShardDataset(str(tmp_path / "g.tar"), TRAIN, mode="epochs", world_size=4, rank=0), 1, 3)
+
+
+def test_resolve_shards_takes_folders_braces_and_quoted_shell_patterns(tmp_path):
+    for name in ("train-000000.tar", "train-000001.tar", "val-000000.tar"):
+        (tmp_path / name).write_bytes(b"")
+    train = [str(tmp_path / "train-000000.tar"), str(tmp_path / "train-000001.tar")]
+    assert stream.resolve_shards(str(tmp_path / "train-*.tar")) == (train, None)
+    assert stream.resolve_shards(str(tmp_path / "train-{000000..000001}.tar")) == (train, None)
+    assert stream.resolve_shards(str(tmp_path / "train-00000[1].tar"))[0] == train[1:]
+    with pytest.raises(UserError, match=r"pattern .*nope-\*\.tar matches no file"):
+        stream.resolve_shards(str(tmp_path / "nope-*.tar"))
+    with pytest.raises(UserError, match=r"shard .*train-000002\.tar does not exist"):
+        stream.resolve_shards(str(tmp_path / "train-{000000..000002}.tar"))
