@@ -10,3 +10,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 # The modalities a manifest record, a shard and a run can carry.
 MODALITIES = ("rgb", "depth")
+
+# The most classes a label may index (labels 0 .. MAX_CLASSES - 1). Above every action data set (Kinetics-700,
+# Something-Something's 174) and ImageNet-21k's 21,841; a larger label is a raw id, not a class index, and would give
+# a classifier head of that many rows.
+MAX_CLASSES = 100_000

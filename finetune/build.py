@@ -11,6 +11,7 @@ import tarfile
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from common.constants import MAX_CLASSES
 from common.errors import UserError
 from data.clip import ClipSpec
 from data.stream import ShardDataset, iter_tar, make_loader, resolve_shards
@@ -30,6 +31,9 @@ def validate(cfg: FinetuneConfig, family: str) -> None:
         raise UserError(f"--test-crops {cfg.test_crops} is not 1 or 3; use 1 (centre) or 3 (along the long side)")
     if cfg.num_classes < 0 or cfg.eval_every < 0:
         raise UserError("--num-classes and --eval-every must be >= 0 (0 = default)")
+    if cfg.num_classes > MAX_CLASSES:
+        raise UserError(f"--num-classes {cfg.num_classes} is above {MAX_CLASSES}, more classes than any data set; "
+                        "pass the number of classes of yours")
     check_input(cfg.model, cfg.num_frames, cfg.input_size)
     if family != "resnet" and cfg.temporal != "none":
         raise UserError(f"--temporal {cfg.temporal} inserts into ResNet blocks; --model {cfg.model} takes none (use "
@@ -103,6 +107,10 @@ def resolve_num_classes(cfg: FinetuneConfig, sources: list[tuple[str, ShardDatas
     top = max(needed.values())
     if top < 1:
         raise UserError("cannot infer the number of classes: the shards' records carry no labels; pass --num-classes")
+    if top > MAX_CLASSES:
+        flag = max(needed, key=needed.get)
+        raise UserError(f"the {flag} shards hold label {top - 1}, not a class index (at most {MAX_CLASSES - 1}); "
+                        "number the classes 0..K-1 in the manifest and write the shards again")
     if cfg.num_classes and cfg.num_classes < top:
         flag = max(needed, key=needed.get)
         raise UserError(f"--num-classes {cfg.num_classes} but the {flag} shards hold labels up to {top - 1} ({top} "

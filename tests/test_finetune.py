@@ -134,6 +134,22 @@ def test_config_flags_and_yaml(tmp_path):
         config_lib.parse(FinetuneConfig, ["--config", str(yaml_file)])
 
 
+def test_a_label_that_is_no_class_index_stops_before_a_head_of_that_size(tmp_path):
+    from data.errors import UserError
+    from finetune.build import resolve_num_classes
+    from finetune.config import FinetuneConfig
+    from launch import config as config_lib
+
+    cfg = config_lib.parse(FinetuneConfig, [])
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    (shards / "index.json").write_text(json.dumps({"num_classes": 10**12, "shards": []}))
+    with pytest.raises(UserError, match="the --data shards hold label 999999999999, not a class index"):
+        resolve_num_classes(cfg, [(str(shards), None, "--data")])
+    (shards / "index.json").write_text(json.dumps({"num_classes": 60, "shards": []}))
+    assert resolve_num_classes(cfg, [(str(shards), None, "--data")]) == 60
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # The script
 

@@ -208,6 +208,7 @@ def test_the_demo_data_is_announced_before_it_is_made(tmp_path, monkeypatch, cap
         ("pretrain/run.py", ["--modality", "depth", "--data", "DEMO_RGB"], "--modality depth but the --data shards"),
         ("finetune/run.py", ["--data", "/no/such/shards"], "/no/such/shards"),
         ("pretrain/run.py", ["--samples-per-decode", "0"], "--samples-per-decode 0 is < 1"),
+        ("finetune/run.py", ["--num-classes", "1000000"], "--num-classes 1000000 is above"),
         ("finetune/run.py", ["--model", "resnet18", "--input-size", "32", "--temporal", "tsm", "--temporal-options",
                              "fold_div=abc"], "fold_div='abc'"),
     ],

@@ -98,6 +98,7 @@ def test_filter_split_and_num_classes(tmp_path):
         ("path,label,view\na.mp4,1,1.5\n", ["view '1.5' is not an integer"]),
         ("path,label\na.mp4,1.0\n", ["not a whole number"]),
         ("path,label\na.mp4,-1\n", ["negative"]),
+        ("path,label\na.mp4,0\nb.mp4,100000\n", ["line 3", "label 100000 is not a class index", "class names"]),
         ("path,label\na.mp4,\n", ["empty label"]),
         ("path,label\n,1\n", ["empty path"]),
         ("path,label\na.mp4,1\nb.mp4,run\n", ["mixes integer labels", "line 2"]),

@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from common.constants import MODALITIES
+from common.constants import MAX_CLASSES, MODALITIES
 from common.errors import UserError
 from common.files import atomic_write_text
 
@@ -199,6 +199,9 @@ def _resolve_labels(path: str, parsed: list[tuple[int, dict[str, str]]]) -> list
             label = int(text)
             if label < 0:
                 raise UserError(f"manifest {path} line {line}: label {label} is negative; use 0-based class indices")
+            if label >= MAX_CLASSES:
+                raise UserError(f"manifest {path} line {line}: label {label} is not a class index (at most "
+                                f"{MAX_CLASSES - 1}); number the classes 0..K-1, or give class names as labels")
             name = row.get("class_name", "")
             if name:
                 first, first_line = names.setdefault(label, (name, line))
