@@ -106,8 +106,14 @@ def resolve_shards(shards: str | os.PathLike | Iterable[str]) -> tuple[list[str]
                         index = json.load(f)
                     found = [os.path.join(item, name) for name in index["shards"]]
                     count = int(index["num_samples"])
+                    per_shard = index.get("shard_samples")
                 except (OSError, ValueError, KeyError, TypeError) as err:
                     raise UserError(f"{index_path} is unreadable ({err}); rewrite the shards or delete it") from err
+                consistent = (isinstance(per_shard, list) and len(per_shard) == len(found)
+                              and all(isinstance(n, int) for n in per_shard) and sum(per_shard) == count)
+                if per_shard is not None and not consistent:
+                    raise UserError(f"{index_path} contradicts itself (num_samples {count}, shard_samples "
+                                    f"{per_shard!r:.60} for {len(found)} shards); rewrite the shards or delete it")
             else:
                 found, count = sorted(glob.glob(os.path.join(item, "*.tar"))), None
             if not found:

@@ -341,3 +341,15 @@ def test_resolve_shards_takes_folders_braces_and_quoted_shell_patterns(tmp_path)
         stream.resolve_shards(str(tmp_path / "nope-*.tar"))
     with pytest.raises(UserError, match=r"shard .*train-000002\.tar does not exist"):
         stream.resolve_shards(str(tmp_path / "train-{000000..000002}.tar"))
+
+
+def test_an_index_that_contradicts_itself_is_refused(tmp_path):
+    (tmp_path / "shard-000000.tar").write_bytes(b"")
+    index = {"shards": ["shard-000000.tar"], "num_samples": 10, "shard_samples": [10]}
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    assert stream.resolve_shards(str(tmp_path)) == ([str(tmp_path / "shard-000000.tar")], 10)
+    for bad in ({"num_samples": 1000}, {"shard_samples": [4, 6]}, {"shard_samples": "10"},
+                {"shard_samples": ["10"]}):
+        (tmp_path / "index.json").write_text(json.dumps({**index, **bad}))
+        with pytest.raises(UserError, match="index.json contradicts itself"):
+            stream.resolve_shards(str(tmp_path))
