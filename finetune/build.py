@@ -231,22 +231,24 @@ def init_weights(trainer: Trainer, model, cfg: FinetuneConfig, family: str, *, r
     trainer.log.info(init_tsn_from(model, cfg.init_from, reset_head=cfg.reset_head))
 
 
-def describe(cfg: FinetuneConfig, d) -> str:
-    """The run's summary lines: model, batch, optimizer and schedule, steps, evaluation, and the recipe's values."""
+def describe(cfg: FinetuneConfig, d, evaluated: bool = True) -> str:
+    """The run's summary lines: model, batch, optimizer and schedule, steps, evaluation (``evaluated``: the run has
+    evaluation data), and the recipe's values."""
     schedule = (f"cosine to min lr {d.min_lr:.3e}" if d.schedule == "cosine" else
                 f"lr / 10 at epochs {', '.join(f'{e:g}' for e in cfg.lr_steps) or 'none'}")
     temporal = f", temporal {cfg.temporal}" if cfg.temporal != "none" else ""
     text = (f"{cfg.model} ({d.family}{temporal}); global batch {d.global_batch} = {cfg.batch_size} x "
             f"{cfg.accum_steps} accum x {d.world_size} ranks; {cfg.optimizer} lr {d.lr:.3e} (base {cfg.base_lr:.3e} x "
             f"{d.global_batch}/256, layer decay {cfg.layer_decay}), {schedule}; {d.total_steps} steps "
-            f"({d.steps_per_epoch}/epoch, warm-up {d.warmup_steps}); {d.num_classes} classes; eval every "
-            f"{d.eval_every} steps on {d.num_val_samples} videos x {d.num_views} views; precision {d.precision}; "
-            f"ZeRO-{cfg.zero_stage}")
+            f"({d.steps_per_epoch}/epoch, warm-up {d.warmup_steps}); {d.num_classes} classes; "
+            + (f"eval every {d.eval_every} steps on {d.num_val_samples} videos x {d.num_views} views" if evaluated
+               else "no evaluation data") + f"; precision {d.precision}; ZeRO-{cfg.zero_stage}")
     if cfg.select_on == "val":
         text += (f"\nbest.pth: best top-1 on the val split held out of the training shards ({d.num_holdout} videos, "
                  f"--val-fraction {cfg.val_fraction:g}, not trained on); the --val-data evaluations are logged as test")
     else:
-        text += "\nbest.pth: the final weights (--select-on last); the --val-data evaluations are logged as test"
+        text += "\nbest.pth: the final weights (--select-on last)" + (
+            "; the --val-data evaluations are logged as test" if evaluated else ", not evaluated")
     if d.recipe:
         text += f"\nrecipe {d.family}: " + ", ".join(f"{k}={v!r}" for k, v in d.recipe.items())
     return text

@@ -188,7 +188,14 @@ class FinetuneStage(StageHooks):
 
     def after_step(self, trainer, engine, step: int) -> None:
         final = step == self.d.total_steps
-        if not self.evals or not (step % self.d.eval_every == 0 or final):
+        if not self.evals:
+            if final and self.criterion == "test":  # --select-on last without evaluation data: the final weights
+                self.best = {"top1": -1.0, "step": step, "evaluations": {}}
+                save_best(trainer.full_state_dict(engine), self.cfg, self.best)
+                if trainer.info.is_main:
+                    write_final(self.cfg, self.best)
+            return
+        if not (step % self.d.eval_every == 0 or final):
             return
         average_norm_statistics(engine.module)  # every rank evaluates with the statistics the checkpoint holds
         results = {e.split: run_eval(engine.module, e, trainer, self.d, step) for e in self.evals}
@@ -222,7 +229,8 @@ class FinetuneStage(StageHooks):
 
     def summary(self) -> str:
         if not self.best["evaluations"]:
-            return ""
+            step = self.best["step"]
+            return f"; best.pth: the final weights (step {step}), not evaluated" if step else ""
         reported = reported_split(self.best)
         return (f"; reported ({SELECTION[self.cfg.select_on]}): step {self.best['step']}, {reported} top-1 "
                 f"{self.best['evaluations'][reported]['top1']:.4f}")
@@ -286,7 +294,7 @@ def save_best(state: dict | None, cfg: FinetuneConfig, best: dict) -> None:
         return
     criterion = "val" if cfg.select_on == "val" else "test"
     summary = {"step": best["step"], "selected_on": cfg.select_on, "split": criterion,
-               **best["evaluations"][criterion]}
+               **best["evaluations"].get(criterion, {})}
     atomic_save({"model": state, "config": config_lib.to_dict(cfg), **summary},
                 os.path.join(cfg.output_dir, "best.pth"))
     atomic_write_text(os.path.join(cfg.output_dir, "best.json"),
@@ -299,7 +307,11 @@ def write_final(cfg: FinetuneConfig, best: dict) -> None:
     and how they were chosen (rank 0, after the last evaluation)."""
     from common.files import atomic_write_text
 
-    if not best["evaluations"]:
+    if not best["evaluations"]:  # --val-data none: the final weights, and no numbers to report
+        out = {"split": None, "step": best["step"], "checkpoint": "best.pth", "checkpoint_step": best["step"],
+               "selected_on": cfg.select_on, "selection": "the final weights (--select-on last)", "evaluations": {},
+               "note": "no evaluation data (--val-data none); evaluate best.pth with --eval-only --init-from"}
+        atomic_write_text(os.path.join(cfg.output_dir, "metrics.json"), json.dumps(out, indent=2) + "\n")
         return
     split, step = reported_split(best), best["step"]
     if cfg.select_on == "val":

@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.eval_only:
         return evaluate_only(cfg, trainer, model, evals[0], d)
     init_weights(trainer, model, cfg, family, resumed=bool(trainer.checkpoints().find(cfg.resume)))
-    return trainer.fit(FinetuneStage(cfg, d, evals), model, dataset, d, describe(cfg, d))
+    return trainer.fit(FinetuneStage(cfg, d, evals), model, dataset, d, describe(cfg, d, bool(evals)))
 
 
 def evaluate_only(cfg: FinetuneConfig, trainer: Trainer, model, evalset: EvalSet, d) -> int:

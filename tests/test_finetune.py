@@ -408,3 +408,27 @@ def test_fine_tuning_on_one_class_says_it_learns_nothing(tmp_path):
                       "0", "--max-steps", "1", "--output-dir", str(run)])
     assert out.returncode == 0, out.stderr[-2000:]
     assert "warning: one class only" in out.stdout + out.stderr
+
+
+def test_without_evaluation_data_the_final_weights_are_best_pth_and_evaluate_later(tmp_path):
+    from data.manifest import Record
+    from data.shards import write_shards
+
+    rng = np.random.default_rng(0)
+    records = [Record(write_colour_video(tmp_path / f"v{i}.mp4", COLOURS[i % 2], rng), i % 2) for i in range(4)]
+    write_shards(records, tmp_path / "shards", progress=False, short_side=32, shard_samples=1)
+    run = tmp_path / "run"
+    common = ["--model", "resnet18", "--input-size", "32", "--num-frames", "2", "--batch-size", "2",
+              "--num-workers", "0"]
+    out = run_script(["finetune/run.py", "--data", str(tmp_path / "shards"), "--val-data", "none", *common,
+                      "--max-steps", "2", "--output-dir", str(run)])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "best.pth: the final weights (step 2), not evaluated" in out.stdout
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["checkpoint_step"], metrics["evaluations"], metrics["split"]) == (2, {}, None)
+    assert torch.load(run / "best.pth", map_location="cpu", weights_only=True)["step"] == 2
+    out = run_script(["finetune/run.py", "--eval-only", "--init-from", str(run / "best.pth"), "--data",
+                      str(tmp_path / "shards"), "--val-data", str(tmp_path / "shards"), *common,
+                      "--output-dir", str(tmp_path / "eval")])
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["num_videos"] == 4
