@@ -187,3 +187,10 @@ def test_check_decodes_every_frame_as_shards_does(tmp_path, capsys):
         quarantined = (tmp_path / f"s{short_side}" / "quarantine.csv").read_text()
         assert [r.path for r, _ in bad] == [frames, depth]
         assert all(" ".join(reason.split()) in quarantined for _, reason in bad)
+
+
+def test_a_decode_that_times_out_is_named_once(tmp_path):
+    video = _colour_video(tmp_path / "slow.mp4", num_frames=20)
+    _, bad = check_records([Record(video, 0)], timeout_s=1e-6)
+    (record, reason), = bad
+    assert reason.startswith("decoding: timed out after") and video not in reason  # the listing puts the path first

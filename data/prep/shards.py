@@ -312,13 +312,13 @@ def _guarded(fn: Callable[[], Any], timeout_s: float, what: str) -> tuple[Any, s
 
 def _prepare_task(task: tuple[Record, _Options]) -> tuple[tuple | None, str | None]:
     record, opts = task
-    return _guarded(lambda: _prepare(record, opts), opts.timeout_s, record.path)
+    return _guarded(lambda: _prepare(record, opts), opts.timeout_s, "decoding")  # the reason is listed after the path
 
 
 def _mismatch_task(task: tuple[Record, float]) -> tuple[str, str] | None:
     record, timeout_s = task
     # An input that cannot be read has no say here; the full check quarantines it with the reason.
-    return _guarded(lambda: modality_mismatch(record), timeout_s, record.path)[0]
+    return _guarded(lambda: modality_mismatch(record), timeout_s, "decoding")[0]
 
 
 @contextlib.contextmanager
