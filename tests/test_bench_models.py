@@ -57,13 +57,15 @@ def test_flops_command_small(capsys):
     assert "trm_ctrm: relocation's linear interpolation" in out
 
 
-def test_bench_step_classifier_overheads(capsys):
+def test_bench_step_classifier_overheads(capsys, monkeypatch):
+    monkeypatch.delenv("MALLOC_MMAP_MAX_", raising=False)
     argv = ["bench-step", "--model", "resnet18", "--temporal", "none", "tsm", "--input-size", "32", "--num-frames", "2",
             "--batch-size", "1", "--repeats", "1", "--warmup", "0", "--threads", "1", "--in-process"]  # fmt: skip
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert len([line for line in out.splitlines() if line.startswith("resnet18")]) == 2
     assert "overhead over TSN (none)" in out
+    assert "allocator: glibc maps" in out and "MALLOC_MMAP_MAX_=0" in out  # on CPU without the heap setting
     line = next(line for line in out.splitlines() if line.startswith("tsm   batch 1"))
     assert "FLOPs +0.0% (floored at +1.0%)" in line and line.endswith(("met", "not met"))
 
