@@ -17,11 +17,14 @@ from the checkpoint (DeepSpeed's zero_to_fp32) and the optimizer moments start a
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import os
 import random
 import shutil
+import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -56,6 +59,55 @@ def check_writable(folder: str, flag: str = "--output-dir") -> None:
         reason = err.strerror or type(err).__name__
         raise UserError(f"{flag} {folder} cannot be written ({reason}: {err.filename or folder}); give a folder you "
                         "can write to") from None
+
+
+RUN_LOCK = ".run-lock"
+_held_locks: list[int] = []  # descriptors of the run-folder locks this process holds, open until it ends
+
+
+def _try_lock(folder: str) -> dict | None:
+    """None when this process now holds ``folder``'s lock, else what the holder wrote (``{}`` when unreadable)."""
+    fd = os.open(os.path.join(folder, RUN_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        text = os.pread(fd, 512, 0).decode(errors="replace") if err.errno in (errno.EACCES, errno.EAGAIN) else None
+        os.close(fd)  # this process holds no lock on the file: closing drops nothing
+        if text is None:
+            return None  # a file system without record locks: no protection, nothing refused
+        try:
+            holder = json.loads(text)
+        except ValueError:
+            holder = {}
+        return holder if isinstance(holder, dict) else {}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                              "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
+    _held_locks.append(fd)
+    return None
+
+
+def lock_run_folder(folder: str, wait_s: float = 10.0) -> tuple[str, str]:
+    """Take ``folder``'s run lock (``.run-lock``): ``(refusal, note)``, both "" when this process now holds it.
+
+    A POSIX record lock (``lockf``): it belongs to this process, so loader workers forked from it do not hold it, and
+    the kernel drops it when the process ends however it ends (SIGKILL included), so a killed run leaves no stale
+    lock; a holder still exiting gets ``wait_s`` seconds. ``refusal`` names a live holder on this machine. A holder
+    on another machine is not refused, only noted: a network file system keeps the lock of a node that died for a
+    while (an NFSv4 lease: about 90 s), and a job requeued after such a failure must not be turned away. A file
+    system without record locks gives no protection.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        holder = _try_lock(folder)
+        if holder is None:
+            return "", ""
+        who = f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
+        if holder.get("host", socket.gethostname()) != socket.gethostname():
+            return "", f"note: {folder} is locked by {who}: another machine, perhaps one that died; going on"
+        if time.monotonic() >= deadline:
+            return who, ""
+        time.sleep(0.5)
 
 
 def rng_state() -> dict:

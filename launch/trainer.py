@@ -124,6 +124,7 @@ class Trainer:
         self.precision = "fp32"
         self.dtype = torch.float32
         self.log: RunLogger | None = None
+        self.lock_note = ""  # a run lock held on another machine (see `_hold_run_folder`)
 
     # -----------------------------------------------------------------------------------------------------------------
     # Start-up
@@ -148,12 +149,32 @@ class Trainer:
         self.checkpoints().find(self.cfg.resume)  # a --resume folder that is no checkpoint: one line, nothing made
         check_writable(self.cfg.output_dir)  # before the process group: a bad path is one line, not a hung rank
         self.device = distributed.init(self.info)
+        self._hold_run_folder()
         self.precision = resolve_precision(self.cfg.precision, self.device)
         self.dtype = DTYPES[self.precision]
         self.log = RunLogger(self.cfg.output_dir, enabled=self.info.is_main)
         self.log.info(distributed.format_rank_map(distributed.rank_map(self.info, self.device), self.info.launcher))
         if self.workers_note:
             self.log.info(self.workers_note)
+        if self.lock_note:
+            self.log.info(self.lock_note)
+
+    def _hold_run_folder(self) -> None:
+        """Rank 0 takes the run folder's lock (`launch.checkpoint.lock_run_folder`) and every rank learns the answer:
+        a second run into a folder another run on this machine is using (a command started twice) stops with one
+        line on every rank, before it writes anything there. ``--eval-only`` only reads the folder's checkpoints and
+        takes no lock."""
+        from launch.checkpoint import lock_run_folder
+
+        if getattr(self.cfg, "eval_only", False):
+            return
+        box = [lock_run_folder(self.cfg.output_dir) if self.info.is_main else ("", "")]
+        if self.info.world_size > 1:
+            torch.distributed.broadcast_object_list(box, src=0)
+        refusal, self.lock_note = box[0]
+        if refusal:
+            raise UserError(f"--output-dir {self.cfg.output_dir} is in use by another run ({refusal}); wait for it to "
+                            "end, or pass another --output-dir")
 
     def seed(self) -> None:
         """Identical initial weights on every rank; numpy's global state differs per rank."""

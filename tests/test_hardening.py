@@ -174,3 +174,47 @@ def test_timemae_commands_refuse_an_output_path_they_cannot_create_in_one_line(t
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and str(a_file) in err[0] and "Not a directory" in err[0], err
+
+
+def test_a_second_run_into_a_folder_in_use_stops_and_a_killed_holder_leaves_no_lock(demo_dir, tmp_path):
+    # A command started twice: the second run must not write into the folder of the first.
+    import signal
+    import subprocess
+    import sys
+
+    from launch.checkpoint import lock_run_folder
+
+    run = tmp_path / "run"
+    run.mkdir()
+    code = ("import time; from launch.checkpoint import lock_run_folder; "
+            f"assert lock_run_folder({str(run)!r}) == ('', ''); print('held', flush=True); time.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        refusal, note = lock_run_folder(str(run), wait_s=0.0)  # another live process on this machine: who it is
+        assert f"pid {holder.pid} on " in refusal and not note
+        out = run_script(["pretrain/run.py", *TINY, "--max-steps", "1", "--output-dir", str(run)], demo=demo_dir)
+        assert out.returncode == 2, out.stderr[-2000:]
+        lines = [ln for ln in out.stderr.splitlines() if "error" in ln]
+        assert len(lines) == 1 and "is in use by another run" in lines[0] and f"pid {holder.pid}" in lines[0]
+        assert "Traceback" not in out.stderr and not (run / "log.jsonl").exists()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the kernel dropped the killed holder's lock: the same command now runs
+    out = run_script(["pretrain/run.py", *TINY, "--max-steps", "1", "--output-dir", str(run)], demo=demo_dir)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_a_run_lock_held_on_another_machine_is_only_noted(tmp_path, monkeypatch):
+    # A network file system keeps a dead node's lock for a while: a requeued job must not be turned away by it.
+    import socket
+
+    from launch import checkpoint
+
+    monkeypatch.setattr(checkpoint, "_try_lock", lambda folder: {"pid": 7, "host": "node-that-died", "since": "then"})
+    refusal, note = checkpoint.lock_run_folder(str(tmp_path))
+    assert refusal == "" and "pid 7 on node-that-died" in note and "going on" in note
+    monkeypatch.setattr(checkpoint, "_try_lock", lambda folder: {"pid": 7, "host": socket.gethostname()})
+    refusal, note = checkpoint.lock_run_folder(str(tmp_path), wait_s=0.0)
+    assert refusal.startswith("pid 7 on ") and note == ""
