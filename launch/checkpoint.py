@@ -67,7 +67,10 @@ _held_locks: list[int] = []  # descriptors of the run-folder locks this process 
 
 def _try_lock(folder: str) -> dict | None:
     """None when this process now holds ``folder``'s lock, else what the holder wrote (``{}`` when unreadable)."""
-    fd = os.open(os.path.join(folder, RUN_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fd = os.open(os.path.join(folder, RUN_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError:
+        return None  # a lock file this user cannot open (another user's run left it): no protection, nothing refused
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:

@@ -218,3 +218,10 @@ def test_a_run_lock_held_on_another_machine_is_only_noted(tmp_path, monkeypatch)
     monkeypatch.setattr(checkpoint, "_try_lock", lambda folder: {"pid": 7, "host": socket.gethostname()})
     refusal, note = checkpoint.lock_run_folder(str(tmp_path), wait_s=0.0)
     assert refusal.startswith("pid 7 on ") and note == ""
+
+
+def test_a_lock_file_that_cannot_be_opened_refuses_nothing(tmp_path):
+    from launch.checkpoint import RUN_LOCK, lock_run_folder
+
+    (tmp_path / RUN_LOCK).mkdir()  # stands in for a lock file of another user: opening it for writing fails
+    assert lock_run_folder(str(tmp_path), wait_s=0.0) == ("", "")
