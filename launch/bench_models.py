@@ -586,6 +586,11 @@ def run_rounds(configs: list[Any], rounds: int, measure: Callable[[Any], Any], l
     return [merge_rounds(r) for r in results.values()]
 
 
+# What README's "Large tensors and glibc's mmap threshold" measured: glibc reads these when a process starts.
+HEAP_HINT = ("MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=17179869184 in the environment keep them in the heap "
+             "(ResNet-50 steps 7-31 % faster on CPU, README)")
+
+
 def print_header(first: Any, in_process: bool) -> None:
     """The first line of a step benchmark (versions, device, threads, precision) and how memory is measured."""
     device = torch.device(first.device)
@@ -602,11 +607,6 @@ def print_header(first: Any, in_process: bool) -> None:
     print(f"memory: {memory}; peak = during the steps, +step = peak minus what was resident before them")
     if device.type == "cpu" and "MALLOC_MMAP_MAX_" not in os.environ:
         print(f"allocator: glibc maps every tensor above its mmap threshold afresh each step; {HEAP_HINT}")
-
-
-# What README's "Large tensors and glibc's mmap threshold" measured: glibc reads these when a process starts.
-HEAP_HINT = ("MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=17179869184 in the environment keep them in the heap "
-             "(ResNet-50 steps 7-31 % faster on CPU, README)")
 
 
 def _label(cfg: ClassifierStepConfig) -> str:
