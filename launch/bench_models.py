@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common.errors import UserError
 from models.registry import build_classifier, get_entry
-from models.temporal import TRM
+from models.temporal import STFM, TRM
 
 MIB = 2**20
 # Something-Something's 174 classes, the count of STW's TSN / STW figures; the classifier is < 0.001 G of a view.
@@ -57,8 +57,9 @@ HALVING_NOTE = (
     "multiply-add, so its totals are halved"
 )
 COUNTED_NOTE = (
-    "counted: convolutions, linear layers, matmuls, attention (what FlopCounterMode sees); not counted: elementwise "
-    "ops, BN / LayerNorm, activations, softmax, pooling, TRM's gather / interpolation"
+    "counted: convolutions, linear layers, matmuls, attention (what FlopCounterMode sees), and STW's grouped STFM "
+    "as the grouped 1x1 convolutions it is (it runs as strided multiply-adds, which the counter does not see); not "
+    "counted: elementwise ops, BN / LayerNorm, activations, softmax, pooling, TRM's gather / interpolation"
 )
 
 
@@ -86,11 +87,14 @@ def _options(temporal: str | None, temporal_options: dict[str, Any] | None) -> d
 def _count_on(
     device: str, name: str, num_frames: int, img_size: int, num_classes: int, options: dict[str, Any]
 ) -> FlopCount:
-    relocated = [0]
+    relocated, grouped = [0], [0]
 
     def on_trm(module: TRM, args: tuple[torch.Tensor, ...]) -> None:
         x = args[0]  # (B*T, C, H, W)
         relocated[0] += x.shape[0] * module.relocated * x.shape[2] * x.shape[3]
+
+    def on_stfm(module: STFM, args: tuple[torch.Tensor, ...]) -> None:
+        grouped[0] += module.grouped_macs(args[0])
 
     with torch.device(device):
         model = build_classifier(name, num_classes, num_frames=num_frames, img_size=img_size, **options)
@@ -99,10 +103,12 @@ def _count_on(
     for module in model.modules():
         if isinstance(module, TRM):
             module.register_forward_pre_hook(on_trm)
+        if isinstance(module, STFM):
+            module.register_forward_pre_hook(on_stfm)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     return FlopCount(
-        gflops=counter.get_total_flops() / FLOPS_PER_MAC / 1e9,
+        gflops=(counter.get_total_flops() / FLOPS_PER_MAC + grouped[0]) / 1e9,
         mparams=sum(p.numel() for p in model.parameters()) / 1e6,
         relocation_gflops=relocated[0] * RELOCATION_MACS_PER_ELEMENT / 1e9,
         device=device,

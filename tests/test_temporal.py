@@ -284,6 +284,65 @@ def test_stfm_grouped_is_a_grouped_conv_over_all_inputs():
         assert copied.tolist() == [(start + j) % C for j in range(n_out)]  # output j's group holds input start + j
 
 
+def stfm_conv_reference(stfm, x: torch.Tensor) -> torch.Tensor:
+    """STFM as three 1x1 convs (grouped: on the input reordered by `_grouped_layout`), shifted and concatenated."""
+    starts = [0, stfm.sizes[0], stfm.sizes[0] + stfm.sizes[1]]
+    outs = []
+    for conv, n_out, start in zip((stfm.conv_prev, stfm.conv_cur, stfm.conv_next), stfm.sizes, starts, strict=True):
+        inp = x.index_select(1, _grouped_layout(x.shape[1], n_out, start)[1]) if stfm.mode == "grouped" else x
+        outs.append(to_clips(F.conv2d(inp, conv.weight, groups=conv.groups), stfm.num_frames))
+    prev, cur, nxt = outs
+    prev = torch.cat([torch.zeros_like(prev[:, :1]), prev[:, :-1]], dim=1)
+    nxt = torch.cat([nxt[:, 1:], torch.zeros_like(nxt[:, :1])], dim=1)
+    return torch.cat([prev, cur, nxt], dim=2).view_as(x)
+
+
+def twm_conv3d_reference(twm, x: torch.Tensor) -> torch.Tensor:
+    """TWM literally (spec Eqs. 3-6): permute, Conv3d C -> 1 over (t-1, t, t+1), sigmoid, X - X S, permute back."""
+    xt = to_clips(x, twm.num_frames).permute(0, 2, 1, 3, 4)
+    s = torch.sigmoid(F.conv3d(xt, twm.conv.weight, twm.conv.bias, padding=(1, 0, 0)))
+    return (xt - xt * s).permute(0, 2, 1, 3, 4).reshape_as(x)
+
+
+def stw_conv_reference(module: STW, x: torch.Tensor) -> torch.Tensor:
+    """STW from the two references above, in the module's order."""
+    if module.order == "parallel":
+        return stfm_conv_reference(module.stfm, x) + twm_conv3d_reference(module.twm, x)
+    if module.order == "stfm_twm":
+        return twm_conv3d_reference(module.twm, stfm_conv_reference(module.stfm, x))
+    return stfm_conv_reference(module.stfm, twm_conv3d_reference(module.twm, x))
+
+
+@pytest.mark.parametrize("ratio", ["4:2:4", "8:4/3:8", "16:8/7:16"])
+@pytest.mark.parametrize("order", STW.ORDERS)
+def test_stw_equals_its_convolution_form_with_gradients(ratio, order):
+    """The grouped STFM runs as strided multiply-adds and TWM's gate as batched products, both with hand-written
+    backwards: output and every gradient equal the convolution form (grouped convs on the reordered input, the
+    literal Conv3d), for every ratio (one and several outputs per group) and order, in both memory layouts."""
+    c, t = 32, 3
+    for mode, channels_last in (("grouped", False), ("grouped", True), ("dense", False)):
+        torch.manual_seed(0)
+        module = STW(c, t, spatial_size=(5, 5), stfm_mode=mode, ratio=ratio, order=order).double()
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+        x = frames(2, t, c=c, hw=(5, 5)).double()
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        grad = torch.randn_like(x)
+        got, want = [], []
+        for fn, into in ((module, got), (stw_conv_reference, want)):
+            module.zero_grad()
+            x.grad = None
+            y = fn(x) if fn is module else fn(module, x)
+            y.backward(grad)
+            into += [y.detach(), x.grad, *(p.grad for p in module.parameters())]
+        for a, b in zip(got, want, strict=True):
+            assert (a - b).abs().max() < 1e-10, (mode, channels_last)
+    assert torch.autograd.gradcheck(lambda v: module(v), (x.detach().requires_grad_(True),))
+
+
 def test_twm_is_the_channel_shared_gate():
     t = 3
     module = STW(C, t, spatial_size=HW)
