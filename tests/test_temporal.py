@@ -15,7 +15,9 @@ from models.temporal import (
     TSM,
     EfficientReasoner,
     GraphReasoner,
+    _ActionPooling,
     _grouped_layout,
+    _PointwiseProduct,
     bn_of_separable,
     build_temporal,
     module_options,
@@ -442,6 +444,30 @@ def test_the_bn_of_z_without_z_is_bn_of_z(afd, momentum):
         bn.weight.grad = bn.bias.grad = ref.weight.grad = ref.bias.grad = None
         for name in ("running_mean", "running_var", "num_batches_tracked"):
             torch.testing.assert_close(getattr(bn, name), getattr(ref, name), rtol=1e-6, atol=1e-7)
+
+
+def test_atr_products_with_written_backwards_are_their_torch_forms():
+    """ARL's C -> C/r reduction (`_PointwiseProduct`) is the 1x1 convolution and AFA's pooling (`_ActionPooling`) the
+    attention-weighted sum over positions: outputs and gradients, in both memory layouts, and gradcheck."""
+    g = torch.Generator().manual_seed(3)
+    for channels_last in (False, True):
+        x = torch.randn(4, C, 5, 3, generator=g, dtype=torch.double)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        weight = torch.randn(6, C, 1, 1, generator=g, dtype=torch.double)
+        attn = torch.softmax(torch.randn(4, 15, generator=g, dtype=torch.double), dim=-1)
+        cases = ((_PointwiseProduct.apply, lambda a, b: F.conv2d(a, b), (x, weight)),
+                 (_ActionPooling.apply, lambda a, b: (a.flatten(2) * b.unsqueeze(1)).sum(-1), (x, attn)))
+        for fn, reference, inputs in cases:
+            leaves = [t.clone().requires_grad_() for t in inputs]
+            twins = [t.clone().requires_grad_() for t in inputs]
+            out, expected = fn(*leaves), reference(*twins)
+            torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+            grad = torch.randn(out.shape, generator=g, dtype=torch.double)
+            out.backward(grad), expected.backward(grad)
+            for a, b in zip(leaves, twins, strict=True):
+                torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-12)
+            assert torch.autograd.gradcheck(fn, [t.detach().requires_grad_() for t in inputs])
 
 
 def test_efficient_reasoner_is_the_temporal_convolution():
