@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common.errors import UserError
 from models.registry import build_classifier, get_entry
-from models.temporal import STFM, TRM
+from models.temporal import ATR, STFM, TRM
 
 MIB = 2**20
 # Something-Something's 174 classes, the count of STW's TSN / STW figures; the classifier is < 0.001 G of a view.
@@ -58,8 +58,9 @@ HALVING_NOTE = (
 )
 COUNTED_NOTE = (
     "counted: convolutions, linear layers, matmuls, attention (what FlopCounterMode sees), and STW's grouped STFM "
-    "as the grouped 1x1 convolutions it is (it runs as strided multiply-adds, which the counter does not see); not "
-    "counted: elementwise ops, BN / LayerNorm, activations, softmax, pooling, TRM's gather / interpolation"
+    "as the grouped 1x1 convolutions it is and ATR's attention pooling as the matrix-vector product it is (they run as "
+    "strided multiply-adds and dot products, which the counter does not see); not "
+    "counted: elementwise ops, BN / LayerNorm, activations, softmax, average pooling, TRM's gather / interpolation"
 )
 
 
@@ -96,6 +97,9 @@ def _count_on(
     def on_stfm(module: STFM, args: tuple[torch.Tensor, ...]) -> None:
         grouped[0] += module.grouped_macs(args[0])
 
+    def on_atr(module: ATR, args: tuple[torch.Tensor, ...]) -> None:
+        grouped[0] += module.pooling_macs(args[0])
+
     with torch.device(device):
         model = build_classifier(name, num_classes, num_frames=num_frames, img_size=img_size, **options)
         x = torch.randn(1, 3, num_frames, img_size, img_size)  # one view
@@ -105,6 +109,8 @@ def _count_on(
             module.register_forward_pre_hook(on_trm)
         if isinstance(module, STFM):
             module.register_forward_pre_hook(on_stfm)
+        if isinstance(module, ATR):
+            module.register_forward_pre_hook(on_atr)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     return FlopCount(

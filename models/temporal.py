@@ -911,6 +911,11 @@ class ATR(TemporalModule):
         self.bn = nn.BatchNorm2d(channels)
         nn.init.zeros_(self.bn.weight)  # Z = 0: the block starts as the identity
 
+    def pooling_macs(self, x: Tensor) -> int:
+        """Multiply-adds of AFA's attention pooling on ``x`` (B*T, C, H, W), one per element (a matrix-vector product
+        per frame), which a FLOP counter does not see in `_ActionPooling`'s dot products; 0 for ATR_sim's average."""
+        return x.numel() if self.action_centric else 0
+
     def forward(self, x: Tensor) -> Tensor:
         """x: (B*T, C, H, W) -> (B*T, C, H, W)."""
         b = self._num_clips(x)

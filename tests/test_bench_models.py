@@ -33,6 +33,16 @@ def test_stw_grouped_fits_the_paper_dense_does_not():
     assert dense > 1.5 * tsn  # the spec's ~24.8 GMACs of full 1x1 convs
 
 
+def test_stw_extra_is_its_grouped_convs_and_gate_taps():
+    # Per pixel of a block input of width C: STFM's grouped 1x1 convs, C/4 x 4 + C/2 x 2 + C/4 x 4 = 3C multiply-adds
+    # (counted although they run as strided multiply-adds), and TWM's C -> 1 conv over three frames, 3C.
+    frames = 8
+    inputs = [(64, 56 * 56)] + [(256, 56 * 56)] * 3 + [(512, 28 * 28)] * 4 + [(1024, 14 * 14)] * 6 + [(2048, 7 * 7)] * 2
+    expected = sum(6 * c * hw for c, hw in inputs) * frames / 1e9
+    extra = count("resnet50", frames, 224, temporal="stw")[0] - count("resnet50", frames, 224)[0]
+    assert extra == pytest.approx(expected, rel=1e-6)
+
+
 def test_ctrm_extra_is_its_offset_convs():
     # cTRM's offset conv: H*W -> H*W channels, 3x3 kernel over (C' = C/4, T), once per TRM of layer3 / layer4.
     frames, k = 8, 9
