@@ -80,7 +80,8 @@ Done. Look at:
 
 Fine-tune it again, longer or with other flags (train split, evaluated on the val split; without --init-from, the
 same from scratch, the comparison in README's quickstart section):
-  TIMEMAE_DEMO_DIR=$TIMEMAE_DEMO_DIR .venv/bin/deepspeed finetune/run.py --init-from $OUT/pretrain/encoder.pth \\
+  TIMEMAE_DEMO_DIR=$TIMEMAE_DEMO_DIR .venv/bin/deepspeed --master_port $PORT finetune/run.py \\
+    --init-from $OUT/pretrain/encoder.pth \\
     ${FT_FLAGS[*]} \\
     --max-steps 3000 --eval-every 500 --output-dir $OUT/finetune_more
 MSG
