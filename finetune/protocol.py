@@ -269,12 +269,14 @@ def finetune_fields(argv: Sequence[str]) -> dict:
     from finetune.config import FinetuneConfig
     from launch import config as config_lib
 
-    parser = argparse.ArgumentParser(prog="finetune/run.py", add_help=False)
+    parser = config_lib.new_parser(prog="finetune/run.py", add_help=False)
     parser.add_argument("--config", default=None)
     config_lib.add_dataclass_arguments(parser, FinetuneConfig)
     ns, unknown = parser.parse_known_args(list(argv))
     if unknown:
-        raise UserError(f"finetune/run.py has no flag {unknown[0]!r} (after --); see finetune/run.py --help")
+        hint = config_lib.unknown_flags_message(parser, unknown[:1]).partition(" (")[2]
+        raise UserError(f"finetune/run.py has no flag {unknown[0]!r} (after --){' (' + hint if hint else ''}; "
+                        "see finetune/run.py --help")
     fields = {k: (list(v) if isinstance(v, tuple | list) else v) for k, v in vars(ns).items() if v is not None}
     owned = [k for k in OWNED if k in fields]
     if fields.get("config"):
@@ -587,11 +589,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _parse(args: argparse.Namespace) -> tuple[argparse.Namespace, list[str]]:
     words = list(args.words)
     head, tail = (words[: words.index("--")], words[words.index("--") + 1:]) if "--" in words else (words, [])
-    parser = argparse.ArgumentParser(prog="timemae protocol")
+    from launch import config as config_lib
+
+    parser = config_lib.new_parser(prog="timemae protocol")
     _add_flags(parser)
     parser.add_argument("name", nargs="?")
     parser.set_defaults(**{k: v for k, v in vars(args).items() if k != "words"})
-    return parser.parse_args(head), tail
+    parsed, unknown = parser.parse_known_args(head)
+    if unknown:
+        parser.error(config_lib.unknown_flags_message(parser, unknown))
+    return parsed, tail
 
 
 def list_protocols() -> str:

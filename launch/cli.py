@@ -15,6 +15,7 @@ import importlib
 import sys
 
 from common.errors import DecodeError, UserError, one_line
+from launch import config as config_lib
 
 # name -> (module, one-line help). The order is the order `timemae --help` lists them in.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -45,6 +46,7 @@ def _top_parser() -> argparse.ArgumentParser:
     lines = "\n".join(f"  {name:<{width}}{text}" for name, (_, text) in COMMANDS.items())
     return argparse.ArgumentParser(
         prog="timemae",
+        allow_abbrev=False,
         description="timemae: TIME-grid video pretraining and fine-tuning.",
         epilog=f"commands:\n{lines}\n\nRun `timemae COMMAND --help` for the flags of one command.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -61,9 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     name, rest = argv[0], argv[1:]
     module_name, text = COMMANDS[name]
     add_arguments, run = importlib.import_module(module_name).CLI[name]
-    parser = argparse.ArgumentParser(prog=f"timemae {name}", description=text)
+    parser = config_lib.new_parser(prog=f"timemae {name}", description=text)
     add_arguments(parser)
-    args = parser.parse_args(rest)
+    args, unknown = parser.parse_known_args(rest)
+    if unknown:
+        parser.error(config_lib.unknown_flags_message(parser, unknown))
     try:
         return int(run(args) or 0)
     except (UserError, DecodeError) as err:  # a DecodeError that gets here is the one video the user named

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -147,16 +148,43 @@ def build_config(cls: type, args: argparse.Namespace, yaml_path: str | None = No
     return cls(**values)
 
 
+# Learning-rate flags of other tools (official VideoMAE: --lr absolute, --blr per 256 clips). Without abbreviations
+# (below) they are unknown flags; this names the flag that is meant.
+FOREIGN_FLAGS = {"--lr": "--base-lr", "--blr": "--base-lr", "--learning-rate": "--base-lr"}
+
+
+def new_parser(**kwargs: Any) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` that takes only whole flag names. argparse's default accepts any unique prefix, so
+    ``--lr 1e-3`` (official VideoMAE's flag) would silently set ``--lr-steps``, and a flag added later could change
+    what an old command line means."""
+    return argparse.ArgumentParser(allow_abbrev=False, **kwargs)
+
+
+def unknown_flags_message(parser: argparse.ArgumentParser, unknown: list[str]) -> str:
+    """``unrecognized arguments: ...`` with the flag probably meant for the first unknown one."""
+    message = f"unrecognized arguments: {' '.join(unknown)}"
+    flag = next((u.split("=", 1)[0] for u in unknown if u.startswith("--")), None)
+    if flag is None:
+        return message
+    known = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
+    if FOREIGN_FLAGS.get(flag) in known:
+        return (f"{message} (the learning rate is {FOREIGN_FLAGS[flag]}, per 256 clips of global batch: "
+                f"lr = base lr x global batch / 256)")
+    hyphens = flag.replace("_", "-")
+    match = [hyphens] if hyphens in known else difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
+    return f"{message} (did you mean {match[0]}?)" if match else message
+
+
 def parse(cls: type, argv: list[str] | None = None, *, prog: str | None = None, description: str = "") -> Any:
     """Parse ``argv`` into a ``cls`` instance (flags from fields, plus ``--config FILE``)."""
-    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser = new_parser(prog=prog, description=description)
     parser.add_argument("--config", default=None, help="YAML file of defaults; the command line wins")
     add_dataclass_arguments(parser, cls)
     args, unknown = parser.parse_known_args(argv)
     # The deepspeed launcher appends --local_rank=N; the rank is read from the environment instead.
     unknown = [a for a in unknown if not a.startswith("--local_rank") and not a.startswith("--local-rank")]
     if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+        parser.error(unknown_flags_message(parser, unknown))
     return build_config(cls, args, args.config)
 
 

@@ -143,3 +143,9 @@ def test_unknown_command_exits_2():
     out = _timemae("no-such-command")
     assert out.returncode == 2
     assert "invalid choice" in out.stderr
+
+
+def test_a_command_takes_whole_flags_only_and_names_the_one_meant():
+    out = _timemae("demo", "--ou", "x")  # a prefix of --out
+    assert out.returncode == 2
+    assert "unrecognized arguments: --ou x (did you mean --out?)" in out.stderr

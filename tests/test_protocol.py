@@ -130,6 +130,7 @@ def test_a_manifest_root_gives_the_same_plan(uwa_tree, tmp_path, capsys):
         ("no_view_4", "view 4 has no test samples among the 18 rgb videos"),
         ("unknown", "unknown protocol 'uwa3d-mv9'"),
         ("owned_flag", "conflicting flags: --output-dir after --"),
+        ("foreign_flag", "finetune/run.py has no flag '--lr' (after --) (the learning rate is --base-lr"),
         ("python_nproc", "conflicting flags: --launcher python runs one process but --nproc 2"),
         ("split", "conflicting flags: --split xsub but protocol uwa3d-mv2 has no splits"),
         ("ntu_no_split", "protocol ntu60 needs --split: one of xsub, xview"),
@@ -153,6 +154,8 @@ def test_bad_input_is_one_line_and_exit_2(uwa_tree, tmp_path, capsys, case, mess
         name = "uwa3d-mv9"
     elif case == "owned_flag":
         tail = ["--", "--output-dir", "x"]
+    elif case == "foreign_flag":  # not taken as a prefix of --lr-steps
+        tail = ["--", "--lr", "1e-3"]
     elif case == "python_nproc":
         extra = ["--launcher", "python", "--nproc", "2"]
     elif case == "split":

@@ -63,6 +63,25 @@ def test_unknown_flag_exits_2():
     assert exc.value.code == 2
 
 
+@pytest.mark.parametrize("argv, hint", [
+    (["--lr", "1e-3"], "(the learning rate is --base-lr, per 256 clips"),  # official VideoMAE's flags
+    (["--blr", "1e-3"], "(the learning rate is --base-lr, per 256 clips"),
+    (["--batch_size", "4"], "(did you mean --batch-size?)"),
+    (["--mask-rato", "0.5"], "(did you mean --mask-ratio?)"),
+    (["--mask-r", "0.5"], "unrecognized arguments: --mask-r 0.5"),  # a prefix is not a flag
+])
+def test_only_whole_flags_and_the_one_meant_is_named(argv, hint, capsys):
+    """argparse's default takes any unique prefix of a flag: fine-tuning's ``--lr 1e-3`` set ``--lr-steps`` without a
+    word. Only whole flag names are taken, and an unknown one names the flag probably meant."""
+    from finetune.config import FinetuneConfig
+
+    cls = PretrainConfig if argv[0].startswith("--mask") else FinetuneConfig
+    with pytest.raises(SystemExit) as exc:
+        config_lib.parse(cls, argv)
+    assert exc.value.code == 2
+    assert hint in capsys.readouterr().err
+
+
 def test_derived_values():
     d = derive(PretrainConfig(batch_size=8, accum_steps=2, epochs=10, warmup_epochs=2), world_size=4,
                num_samples=1000, precision="fp32", token_grid=(8, 14, 14))
