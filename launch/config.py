@@ -136,7 +136,10 @@ def build_config(cls: type, args: argparse.Namespace, yaml_path: str | None = No
         for key, value in load_yaml(yaml_path).items():
             name = str(key).replace("-", "_")
             if name not in names:
-                raise UserError(f"--config {yaml_path}: unknown key {key!r}; see --help for the valid flags")
+                meant = FOREIGN_FLAGS.get(f"--{name.replace('_', '-')}", "")[2:].replace("-", "_")
+                meant = meant if meant in names else next(iter(difflib.get_close_matches(name, names, 1, 0.75)), "")
+                hint = f" (did you mean {meant}?)" if meant else ""
+                raise UserError(f"--config {yaml_path}: unknown key {key!r}{hint}; see --help for the valid flags")
             values[name] = _coerce(name, hints[name], value)
     for name in names:
         value = getattr(args, name, None)

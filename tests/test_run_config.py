@@ -39,7 +39,8 @@ def test_yaml_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "text,match",
     [
-        ("mask_rato: 0.8\n", "unknown key 'mask_rato'"),
+        ("mask_rato: 0.8\n", r"unknown key 'mask_rato' \(did you mean mask_ratio\?\)"),
+        ("lr: 0.001\n", r"unknown key 'lr' \(did you mean base_lr\?\)"),
         ("batch_size: eight\n", "batch_size"),
         ("grad_checkpointing: 1\n", "true or false"),
         ("- a\n- b\n", "mapping"),
