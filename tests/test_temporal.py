@@ -510,3 +510,37 @@ def test_atr_sim_pools_globally_and_adds_nothing_spatial():
     y = adding.reasoners[1](F.relu(adding.links[0](adding.reasoners[0](s))))
     expected = x + adding.bn(y.reshape(2 * t, C, 1, 1)).expand_as(x)
     assert torch.allclose(adding(x), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+@pytest.mark.parametrize("name", ["stw", "atr"])
+def test_written_out_backwards_under_bf16_autocast_follow_float32(name, device):
+    """STW's and ATR's products with written-out backwards under bf16 autocast (the GPU default; on the CPU too):
+    outputs keep the input's dtype, every gradient reaches its parameter in float32, and all follow the float32
+    module within bf16's precision."""
+    torch.manual_seed(0)
+    t = 4
+    module = build_temporal(name, 64, t, spatial_size=(6, 6), **({"reduction": 4} if name == "atr" else {}))
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    module = module.to(device)
+    x = torch.randn(2 * t, 64, 6, 6, device=device)
+    grad = torch.randn_like(x)
+    results = []
+    for autocast in (False, True):
+        module.zero_grad()
+        xb = (x.bfloat16() if autocast else x.clone()).requires_grad_()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            y = module(xb)
+        assert y.dtype == xb.dtype
+        y.backward(grad.to(y.dtype))
+        results.append((y.float(), xb.grad.float(), {n: p.grad.clone() for n, p in module.named_parameters()}))
+    (y32, gx32, gp32), (y16, gx16, gp16) = results
+    relative = lambda a, b: ((a - b).norm() / b.norm()).item()  # noqa: E731
+    assert relative(y16, y32) < 3e-2 and relative(gx16, gx32) < 5e-2
+    for n, g in gp16.items():
+        assert g.dtype == torch.float32 and torch.isfinite(g).all(), n
+        if gp32[n].norm() > 1e-3 * max(v.norm() for v in gp32.values()):  # sums that cancel to ~0 are only noise
+            assert relative(g, gp32[n]) < 0.15, n
