@@ -88,17 +88,17 @@ def _options(temporal: str | None, temporal_options: dict[str, Any] | None) -> d
 def _count_on(
     device: str, name: str, num_frames: int, img_size: int, num_classes: int, options: dict[str, Any]
 ) -> FlopCount:
-    relocated, grouped = [0], [0]
+    relocated, unseen = [0], [0]  # unseen: multiply-adds the counter cannot see (STW, ATR)
 
     def on_trm(module: TRM, args: tuple[torch.Tensor, ...]) -> None:
         x = args[0]  # (B*T, C, H, W)
         relocated[0] += x.shape[0] * module.relocated * x.shape[2] * x.shape[3]
 
     def on_stfm(module: STFM, args: tuple[torch.Tensor, ...]) -> None:
-        grouped[0] += module.grouped_macs(args[0])
+        unseen[0] += module.grouped_macs(args[0])
 
     def on_atr(module: ATR, args: tuple[torch.Tensor, ...]) -> None:
-        grouped[0] += module.pooling_macs(args[0])
+        unseen[0] += module.pooling_macs(args[0])
 
     with torch.device(device):
         model = build_classifier(name, num_classes, num_frames=num_frames, img_size=img_size, **options)
@@ -114,7 +114,7 @@ def _count_on(
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
     return FlopCount(
-        gflops=(counter.get_total_flops() / FLOPS_PER_MAC + grouped[0]) / 1e9,
+        gflops=(counter.get_total_flops() / FLOPS_PER_MAC + unseen[0]) / 1e9,
         mparams=sum(p.numel() for p in model.parameters()) / 1e6,
         relocation_gflops=relocated[0] * RELOCATION_MACS_PER_ELEMENT / 1e9,
         device=device,

@@ -362,7 +362,8 @@ class STFM(nn.Module):
 
     The grouped branches keep ``nn.Conv2d`` weights (``groups`` and shapes as a grouped conv, see
     `_grouped_layout` for which inputs each group reads) but run as strided multiply-adds (`_GroupedMix`), the same
-    function without a reordered copy of the input per branch: at ResNet-50's stage-1 size, a third of STW's time.
+    function without a reordered copy of the input per branch (with `_TemporalGate`, STW at ResNet-50's stage-1 size
+    runs in half its former time; README "FLOPs and speed").
     """
 
     def __init__(self, channels: int, num_frames: int, ratio: tuple[Fraction, Fraction, Fraction], mode: str) -> None:
@@ -407,8 +408,8 @@ class STFM(nn.Module):
         return out.view(-1, self.num_frames, *out.shape[1:])  # (B, T, n_i, H, W)
 
     def forward(self, x: Tensor, base: Tensor | None = None) -> Tensor:
-        """x: (B*T, C, H, W) -> (B*T, C, H, W); ``base + STFM(x)`` when ``base`` is given (updated in place when
-        it is not a leaf that needs its gradient: pass a fresh tensor)."""
+        """x: (B*T, C, H, W) -> (B*T, C, H, W); ``base + STFM(x)`` when ``base`` is given (the grouped mode adds
+        into ``base`` in place: pass a fresh tensor, such as TWM's output)."""
         if self.mode == "grouped":
             base = torch.zeros_like(x) if base is None else base
             weights = (self.conv_prev.weight, self.conv_cur.weight, self.conv_next.weight)
@@ -426,8 +427,8 @@ class _TemporalGate(torch.autograd.Function):
 
     The three taps are one batched product ``(3, C) @ (C, H*W)`` per frame, and the backward is written out: one
     pass over ``x`` and the gradient for the gate's input, one batched product each for the weights and for the
-    taps' share of ``x``'s gradient (added in place). The same layer as ``conv2d`` + autograd, a quarter of its
-    time at ResNet-50's stage-1 size on the CPU, where a C -> 3 convolution's backward is slow.
+    taps' share of ``x``'s gradient (added in place). The same layer as ``conv2d`` + autograd in under half its time
+    at ResNet-50's stage-1 size on the CPU, where a C -> 3 convolution's backward is slow.
     """
 
     @staticmethod
@@ -737,8 +738,8 @@ class GraphReasoner(nn.Module):
 
 class _PointwiseProduct(torch.autograd.Function):
     """A 1x1 convolution without bias, ``(N, C, H, W) -> (N, R, H, W)``, as one batched product ``(R, C) @ (C, H*W)``
-    per frame, with the backward written as two more: the same layer, for a narrow output (ARL's C -> C/16) about
-    two thirds of what the convolution's backward costs on the CPU."""
+    per frame, with the backward written as two more: the same layer, for a narrow output (ARL's C -> C/16) in about
+    two thirds of the convolution's forward + backward time on the CPU."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
