@@ -422,6 +422,16 @@ class STFM(nn.Module):
         return out if base is None else base + out
 
 
+def _frame_product(w: Tensor, x: Tensor) -> Tensor:
+    """``(R, C) @ (C, H*W)`` for every frame of ``x`` (N, C, H, W): ``(N, R, H*W)``, one batched product."""
+    return torch.bmm(w.to(x.dtype).expand(x.shape[0], *w.shape), x.flatten(2))
+
+
+def _frame_product_weight_grad(grad: Tensor, x: Tensor, dtype: torch.dtype) -> Tensor:
+    """The gradient of `_frame_product`'s ``w`` (R, C) from its output's gradient ``grad`` (N, R, H*W)."""
+    return torch.bmm(grad, x.flatten(2).transpose(1, 2)).sum(0, dtype=dtype)
+
+
 class _TemporalGate(torch.autograd.Function):
     """TWM's ``x * sigmoid(-u)`` with ``u = sum_k w_k . x_{t+k-1} + b`` (the C -> 1 temporal conv, see `TWM`).
 
@@ -434,10 +444,9 @@ class _TemporalGate(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, bias: Tensor, num_frames: int) -> Tensor:  # type: ignore[override]
         n, c = x.shape[:2]
-        xf = x.flatten(2)  # (B*T, C, H*W), a view
-        w = weight.view(c, 3).t().to(x.dtype)  # Conv3d (1, C, 3, 1, 1) -> (3, C); tap k reads frame t + k - 1
+        w = weight.view(c, 3).t()  # Conv3d (1, C, 3, 1, 1) -> (3, C); tap k reads frame t + k - 1
         acc = torch.promote_types(x.dtype, torch.float32)  # the gate in float32 at least
-        taps = torch.bmm(w.expand(n, 3, c), xf).to(acc).unflatten(0, (-1, num_frames))  # (B, T, 3, H*W)
+        taps = _frame_product(w, x).to(acc).unflatten(0, (-1, num_frames))  # (B, T, 3, H*W)
         u = taps[:, :, 1] + bias.to(acc)
         u[:, 1:] += taps[:, :-1, 0]  # tap 0 at frame t reads frame t - 1, zero before the clip
         u[:, :-1] += taps[:, 1:, 2]  # tap 2 reads frame t + 1, zero after it
@@ -462,7 +471,7 @@ class _TemporalGate(torch.autograd.Function):
         grad_taps = grad_taps.flatten(0, 1).to(x.dtype)  # (B*T, 3, H*W)
         w = weight.view(c, 3).to(x.dtype)  # (C, 3)
         grad_x.view(n, c, -1).baddbmm_(w.expand(n, c, 3), grad_taps)  # a view (also channels-last): in place
-        grad_w = torch.bmm(grad_taps, xf.transpose(1, 2)).sum(0, dtype=gate.dtype)  # (3, C)
+        grad_w = _frame_product_weight_grad(grad_taps, x, gate.dtype)  # (3, C)
         return grad_x, grad_w.t().reshape(weight.shape).to(weight.dtype), grad_u.sum().view(1).to(weight.dtype), None
 
 
@@ -743,10 +752,8 @@ class _PointwiseProduct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor) -> Tensor:  # type: ignore[override]
-        n, c = x.shape[:2]
-        w = weight.view(weight.shape[0], c).to(x.dtype)
         ctx.save_for_backward(x, weight)
-        return torch.bmm(w.expand(n, *w.shape), x.flatten(2)).view(n, w.shape[0], *x.shape[2:])
+        return _frame_product(weight.view(weight.shape[0], -1), x).view(x.shape[0], -1, *x.shape[2:])
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
@@ -755,8 +762,7 @@ class _PointwiseProduct(torch.autograd.Function):
         w = weight.view(weight.shape[0], c).to(x.dtype)
         g = grad.flatten(2).to(x.dtype)  # (N, R, H*W)
         grad_x = torch.bmm(w.t().expand(n, c, w.shape[0]), g).view(x.shape)
-        acc = torch.promote_types(weight.dtype, torch.float32)
-        grad_w = torch.bmm(g, x.flatten(2).transpose(1, 2)).sum(0, dtype=acc)  # (R, C)
+        grad_w = _frame_product_weight_grad(g, x, torch.promote_types(weight.dtype, torch.float32))  # (R, C)
         return grad_x, grad_w.view(weight.shape).to(weight.dtype)
 
 
