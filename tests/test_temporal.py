@@ -320,7 +320,8 @@ def stw_conv_reference(module: STW, x: torch.Tensor) -> torch.Tensor:
 def test_stw_equals_its_convolution_form_with_gradients(ratio, order):
     """The grouped STFM runs as strided multiply-adds and TWM's gate as batched products, both with hand-written
     backwards: output and every gradient equal the convolution form (grouped convs on the reordered input, the
-    literal Conv3d), for every ratio (one and several outputs per group) and order, in both memory layouts."""
+    literal Conv3d), for every ratio (one and several outputs per group) and order, in both memory layouts
+    (`gradcheck` below)."""
     c, t = 32, 3
     for mode, channels_last in (("grouped", False), ("grouped", True), ("dense", False)):
         torch.manual_seed(0)
@@ -342,7 +343,18 @@ def test_stw_equals_its_convolution_form_with_gradients(ratio, order):
             into += [y.detach(), x.grad, *(p.grad for p in module.parameters())]
         for a, b in zip(got, want, strict=True):
             assert (a - b).abs().max() < 1e-10, (mode, channels_last)
-    assert torch.autograd.gradcheck(lambda v: module(v), (x.detach().requires_grad_(True),))
+
+
+@pytest.mark.parametrize("ratio", ["4:2:4", "8:4/3:8"])
+def test_stw_written_out_backwards_pass_gradcheck(ratio):
+    """Small (gradcheck perturbs every input element): the input and every parameter of the grouped STW."""
+    torch.manual_seed(0)
+    module = STW(8, 2, spatial_size=(2, 3), ratio=ratio).double()
+    params = [p.detach().clone().add_(0.3 * torch.randn_like(p)).requires_grad_() for p in module.parameters()]
+    names = [n for n, _ in module.named_parameters()]
+    x = frames(1, 2, c=8, hw=(2, 3)).double().requires_grad_()
+    call = lambda v, *ps: torch.func.functional_call(module, dict(zip(names, ps, strict=True)), (v,))  # noqa: E731
+    assert torch.autograd.gradcheck(call, (x, *params))
 
 
 def test_twm_is_the_channel_shared_gate():
