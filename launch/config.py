@@ -136,9 +136,8 @@ def build_config(cls: type, args: argparse.Namespace, yaml_path: str | None = No
         for key, value in load_yaml(yaml_path).items():
             name = str(key).replace("-", "_")
             if name not in names:
-                meant = FOREIGN_FLAGS.get(f"--{name.replace('_', '-')}", "")[2:].replace("-", "_")
-                meant = meant if meant in names else next(iter(difflib.get_close_matches(name, names, 1, 0.75)), "")
-                hint = f" (did you mean {meant}?)" if meant else ""
+                meant = probably_meant(flag_name(name), [flag_name(n) for n in names])
+                hint = f" (did you mean {meant[2:].replace('-', '_')}?)" if meant else ""
                 raise UserError(f"--config {yaml_path}: unknown key {key!r}{hint}; see --help for the valid flags")
             values[name] = _coerce(name, hints[name], value)
     for name in names:
@@ -170,12 +169,21 @@ def unknown_flags_message(parser: argparse.ArgumentParser, unknown: list[str]) -
     if flag is None:
         return message
     known = [s for action in parser._actions for s in action.option_strings if s.startswith("--")]
+    meant = probably_meant(flag, known)
+    if meant and flag in FOREIGN_FLAGS:
+        return (f"{message} (the learning rate is {meant}, per 256 clips of global batch: "
+                "lr = base lr x global batch / 256)")
+    return f"{message} (did you mean {meant}?)" if meant else message
+
+
+def probably_meant(flag: str, known: list[str]) -> str | None:
+    """The flag of ``known`` that ``flag`` (``--name``) probably stands for: another tool's name for it
+    (`FOREIGN_FLAGS`), the same with hyphens for underscores, or the closest spelling; None if none is close."""
     if FOREIGN_FLAGS.get(flag) in known:
-        return (f"{message} (the learning rate is {FOREIGN_FLAGS[flag]}, per 256 clips of global batch: "
-                f"lr = base lr x global batch / 256)")
+        return FOREIGN_FLAGS[flag]
     hyphens = flag.replace("_", "-")
     match = [hyphens] if hyphens in known else difflib.get_close_matches(flag, known, n=1, cutoff=0.75)
-    return f"{message} (did you mean {match[0]}?)" if match else message
+    return match[0] if match else None
 
 
 def parse(cls: type, argv: list[str] | None = None, *, prog: str | None = None, description: str = "") -> Any:
