@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from common.errors import UserError
+from common.memory import check_clips_fit
 from models.registry import build_classifier, get_entry
 from models.temporal import ATR, STFM, TRM
 
@@ -322,6 +323,9 @@ def check_counts(args: argparse.Namespace, *extra: tuple[str, int, int]) -> None
     for name, value, low in checks:
         if value < low:
             raise UserError(f"{name} {value} is below {low}; raise it")
+    frames, size = getattr(args, "num_frames", None), getattr(args, "input_size", None)
+    if frames and size and frames > 0 and size > 0:  # sizes a machine cannot hold stop here, not in the allocator
+        check_clips_fit(max(args.batch_size), frames, size)
 
 
 def step_settings(args: argparse.Namespace, device: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from common.errors import UserError
+from common.memory import check_clips_fit
 from launch.config import field, flag_name
 
 
@@ -105,7 +106,22 @@ def validate_common(cfg: Any) -> None:
         raise UserError(f"--samples-per-decode {cfg.samples_per_decode} is < 1; use 1 (off) or e.g. 2 or 4")
     if cfg.resume not in ("auto", "none") and not os.path.isdir(cfg.resume):
         raise UserError(f"--resume {cfg.resume} is not a folder; use auto, none or a checkpoint folder")
+    drop_path = getattr(cfg, "drop_path", 0.0)
+    if drop_path is not None and not 0 <= drop_path < 1:
+        raise UserError(f"--drop-path {drop_path} is outside [0, 1); use e.g. 0.1 (0 = off)")
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise UserError(f"--seed {cfg.seed} is outside [0, {MAX_SEED}]; use e.g. 0, 1, 2")
     check_sampling(cfg)
+    check_batch_memory(cfg)
+
+
+# Seeds above this leave no room for the per-rank seed (seed + rank) under numpy's 2**32 - 1.
+MAX_SEED = 2**31 - 1
+
+
+def check_batch_memory(cfg: Any) -> None:
+    """A micro-batch of clips that cannot fit in this machine's memory stops here (`common.memory.check_clips_fit`)."""
+    check_clips_fit(cfg.batch_size, cfg.num_frames, cfg.input_size)
 
 
 def check_sampling(cfg: Any) -> None:

@@ -41,10 +41,9 @@ def build_model(cfg: PretrainConfig):
     return model
 
 
-def validate(cfg: PretrainConfig, grid: tuple[int, int, int]) -> None:
+def validate_masks(cfg: PretrainConfig, grid: tuple[int, int, int]) -> None:
     from pretrain.masking import validate_mask_ratio
 
-    validate_common(cfg)
     validate_mask_ratio(cfg.mask_ratio, grid, "random" if cfg.mask_type == "random" else "tube")
     if cfg.decoder_mask_ratio:
         validate_mask_ratio(cfg.decoder_mask_ratio, grid, "running_cell")
@@ -54,10 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg = config_lib.parse(PretrainConfig, argv, prog="pretrain/run.py", description=__doc__.split("\n")[0])
     trainer = Trainer(cfg)
     cfg = trainer.cfg  # --num-workers capped at this rank's cores
+    validate_common(cfg)  # before the seed is used and the model built (sizes a machine cannot hold stop here)
     spec = ClipSpec.from_config(cfg, train=True, crop="multiscale", flip=False)
     trainer.seed()
     model = build_model(cfg)
-    validate(cfg, model.token_grid)
+    validate_masks(cfg, model.token_grid)
     trainer.start(data={"--data": cfg.data}, files={"--init-from": cfg.init_from})
     dataset = trainer.train_dataset(cfg.data or trainer.demo_shards("train"), spec,
                                     samples_per_decode=cfg.samples_per_decode)

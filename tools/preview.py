@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from common.errors import UserError
+from common.memory import check_clips_fit
 from data.clip import ClipSpec, load_clip
 from data.decode import open_video
 
@@ -47,6 +48,7 @@ def write_preview(
     )
     if not os.path.exists(video_path):
         raise UserError(f"--video {video_path} does not exist; give a video file or a frame folder")
+    check_clips_fit(1, num_frames, input_size, batch_flag="", bytes_per_value=1, copies=3)  # decoded, clip, sheet
     with open_video(video_path, modality=modality, short_side=spec.decode_short_side()) as video:
         frames = load_clip(video, spec, rng=None, uint8=True)  # (T*, H*, W*, 3)
     os.makedirs(out_dir, exist_ok=True)

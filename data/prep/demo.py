@@ -195,6 +195,8 @@ class DemoParams:
                 f"demo frame size {self.width}x{self.height} must be even, at least 32x32 and no taller than wide "
                 "by more than 5:3; pass e.g. --size 160x120"
             )
+        if self.seed < 0:
+            raise UserError(f"demo seed must be >= 0, got --seed {self.seed}; pass e.g. --seed 0")
         if self.fps < 1:
             raise UserError(f"demo frame rate must be positive, got --fps {self.fps}; pass e.g. --fps 25")
 
@@ -717,6 +719,7 @@ def make_demo(
         if found is not None:
             return found
     workers = min(os.cpu_count() or 1, 8) if workers is None else max(1, workers)
+    _check_room(params, root, min(workers, len(CLASSES) * (params.per_class + params.val_per_class)))
     _prepare_out_dir(root)
     outputs = _outputs(root, params)
     # Written first so that an interrupted run is still recognised as ours (and replaced) next time.
@@ -752,6 +755,40 @@ def make_demo(
 
     _write_stamp(root, {**stamp, "complete": True})
     return _absolute(root, outputs, params)
+
+
+# What a demo video costs at the least, for the checks before anything is written: H.264 at CRF 20 spends about
+# 0.011 bytes per pixel of a frame on these scenes at 160x120 (14 KB for 64 frames); a third of that is a floor.
+MIN_VIDEO_BYTES_PER_PIXEL = 0.004
+# Rendering and encoding one video peaks at 17-19 bytes of memory per pixel of a frame (float intermediates, the
+# uint8 RGB and depth frames, the encoder; measured at 160x120 with 64 and 512 frames): 16 is the floor checked.
+RENDER_BYTES_PER_PIXEL = 16
+
+
+def _check_room(params: DemoParams, root: Path, workers: int) -> None:
+    """`UserError` when the demo asked for cannot fit: a video's frames in the memory free (each worker renders one),
+    or the files on the disk under ``root``."""
+    from common.memory import GIB, check_fits
+
+    pixels = params.num_frames * params.width * params.height
+    check_fits(workers * pixels * RENDER_BYTES_PER_PIXEL,
+               f"rendering {workers} demo videos at once (--workers) of --num-frames {params.num_frames} at --size "
+               f"{params.width}x{params.height}", "lower --num-frames, --size or --workers")
+    videos = len(CLASSES) * (params.per_class + params.val_per_class)
+    copies = (2 if params.depth else 1) * (2 if params.shards else 1)  # videos and their copies in the shards
+    need = int(videos * copies * max(1024, MIN_VIDEO_BYTES_PER_PIXEL * pixels))
+    parent = root
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    try:
+        free = shutil.disk_usage(parent).free
+    except OSError:
+        return
+    if need > free:
+        raise UserError(f"the demo of {len(CLASSES)} x ({params.per_class} + {params.val_per_class}) videos of "
+                        f"{params.num_frames} frames at {params.width}x{params.height} needs at least "
+                        f"{need / GIB:,.1f} GiB under {root}, more than the {free / GIB:,.1f} GiB free there; lower "
+                        "--videos-per-class, --val-per-class, --num-frames or --size, or write it elsewhere (--out)")
 
 
 def _write_shards(records: list[Record], out_dir: Path, shard_samples: int, workers: int, progress: bool) -> None:
