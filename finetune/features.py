@@ -31,6 +31,7 @@ import torch
 
 from common.errors import UserError
 from common.files import atomic_write
+from common.memory import check_clips_fit
 
 KNN_K = 20
 PROBE_L2 = 1e-3
@@ -101,6 +102,7 @@ def load_model(checkpoint: str, overrides: dict[str, Any], *, keep_head: bool = 
 
         contents = load_file(path, allow=(argparse.Namespace,))
     classes = head_classes(contents) if keep_head else 0
+    check_clips_fit(1, int(config["num_frames"]), int(config["input_size"]), batch_flag="")  # before the model's tables
     model = build_classifier(name, classes or 1, num_frames=int(config["num_frames"]),
                              img_size=int(config["input_size"]), **options)
     if family == "videomae":

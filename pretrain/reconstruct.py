@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from common.errors import UserError
+from common.memory import check_clips_fit
 
 FILE_KINDS = ("official_pretrain", "timemae_checkpoint")
 
@@ -78,6 +79,7 @@ def load_pretrain_model(checkpoint: str, *, model: str | None = None, input_size
     config.setdefault("input_size", 224)
     config.setdefault("num_frames", 16)
     name = str(config["model"])
+    check_clips_fit(1, int(config["num_frames"]), int(config["input_size"]), batch_flag="")  # before the model's tables
     net = build_pretrain(name, img_size=int(config["input_size"]), num_frames=int(config["num_frames"]))
     if state is not None:
         missing, unexpected = net.load_state_dict(state, strict=False)

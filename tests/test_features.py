@@ -22,6 +22,18 @@ def resnet_file(tmp_path_factory):
     return path
 
 
+def test_extract_and_attention_refuse_a_clip_no_machine_holds_in_one_line(resnet_file, demo_dir, tmp_path, capsys):
+    video = str(next((demo_dir / "videos" / "rgb" / "val").glob("*.mp4")))
+    for argv in (["extract", "--checkpoint", str(resnet_file), "--data", str(demo_dir / "shards" / "val"),
+                  "--out", str(tmp_path / "a.npz"), "--num-frames", "40000000"],
+                 ["attention", "--checkpoint", str(resnet_file), "--video", video, "--out", str(tmp_path / "att"),
+                  "--num-frames", "40000000"]):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--num-frames 40000000 x --input-size 32 x 32" in err[0], err
+    assert not (tmp_path / "a.npz").exists()
+
+
 def test_extract_writes_one_row_per_video_and_is_deterministic(resnet_file, demo_dir, tmp_path, capsys):
     shards = str(demo_dir / "shards" / "val")
     args = ["extract", "--checkpoint", str(resnet_file), "--data", shards, "--clips", "2", "--no-progress"]
