@@ -112,16 +112,11 @@ def validate_common(cfg: Any) -> None:
     if not 0 <= cfg.seed <= MAX_SEED:
         raise UserError(f"--seed {cfg.seed} is outside [0, {MAX_SEED}]; use e.g. 0, 1, 2")
     check_sampling(cfg)
-    check_batch_memory(cfg)
+    check_clips_fit(cfg.batch_size, cfg.num_frames, cfg.input_size)  # a micro-batch no machine here can hold
 
 
 # Seeds above this leave no room for the per-rank seed (seed + rank) under numpy's 2**32 - 1.
 MAX_SEED = 2**31 - 1
-
-
-def check_batch_memory(cfg: Any) -> None:
-    """A micro-batch of clips that cannot fit in this machine's memory stops here (`common.memory.check_clips_fit`)."""
-    check_clips_fit(cfg.batch_size, cfg.num_frames, cfg.input_size)
 
 
 def check_sampling(cfg: Any) -> None:
