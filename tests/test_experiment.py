@@ -29,6 +29,9 @@ def test_settings_run_and_the_table_reports_their_metrics(tmp_path, capsys):
     assert cli.main(args) == 0  # a second run reuses every finished run
     assert capsys.readouterr().out.count("done before, reused") == 3
     assert cli.main([*args[:2], "--out", str(tmp_path / "x"), "--model", "vit_tiny"]) == 2
+    capsys.readouterr()
+    assert cli.main([*args[:2], "--out", str(tmp_path / "y"), "--seed", "3000000000"]) == 2  # before any demo is made
+    assert "--seed 3000000000 is outside" in capsys.readouterr().err and not (tmp_path / "y").exists()
 
 
 @pytest.mark.slow
