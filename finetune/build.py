@@ -21,12 +21,19 @@ from launch.fields import validate_common
 from launch.trainer import Trainer, check_modality
 from models import build_classifier, check_input
 
+# Evaluation clips per video at most (each is one pass over the evaluation data with its own dataset and loader; the
+# papers use 1-10, TSN's 25 single frames are segments of one clip here).
+MAX_TEST_CLIPS = 100
+
 
 def validate(cfg: FinetuneConfig, family: str) -> None:
     """Checks of the effective config (recipe resolved) that need no data."""
     validate_common(cfg)
     if cfg.test_clips < 1:
         raise UserError(f"--test-clips {cfg.test_clips} is < 1; use 1 or more")
+    if cfg.test_clips > MAX_TEST_CLIPS:
+        raise UserError(f"--test-clips {cfg.test_clips} is above {MAX_TEST_CLIPS}: each temporal clip is one more pass "
+                        "over the evaluation videos, with its own stream; the papers use 1-10 (e.g. 5, or 2 x 3 crops)")
     if cfg.test_crops not in (1, 3):
         raise UserError(f"--test-crops {cfg.test_crops} is not 1 or 3; use 1 (centre) or 3 (along the long side)")
     if cfg.num_classes < 0 or cfg.eval_every < 0:

@@ -215,6 +215,7 @@ def test_the_demo_data_is_announced_before_it_is_made(tmp_path, monkeypatch, cap
         ("finetune/run.py", ["--drop-path", "-0.1"], "--drop-path -0.1 is outside [0, 1)"),
         ("pretrain/run.py", ["--num-frames", "1000000"], "--num-frames 1000000 x --input-size 32 x 32"),
         ("finetune/run.py", ["--input-size", "160000"], "--input-size 160000 x 160000"),
+        ("finetune/run.py", ["--test-clips", "100000"], "--test-clips 100000 is above 100"),
         ("finetune/run.py", ["--model", "resnet18", "--input-size", "32", "--temporal", "tsm", "--temporal-options",
                              "fold_div=abc"], "fold_div='abc'"),
     ],
