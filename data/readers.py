@@ -46,6 +46,8 @@ class _Source:
             raise DecodeError(f"{name}: no such file or folder")
         if os.path.isdir(path):
             return _Source(name, "folder", path=path)
+        if not os.path.isfile(path):  # opening a FIFO blocks until a writer comes; a device never ends
+            raise DecodeError(f"{name}: not a regular file (a FIFO, socket or device); give a video file")
         if os.path.getsize(path) == 0:
             raise DecodeError(f"{name}: empty file (0 bytes)")
         is_bin = kind == "bin" or (kind is None and path.lower().endswith(".bin"))

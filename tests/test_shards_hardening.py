@@ -194,3 +194,37 @@ def test_a_decode_that_times_out_is_named_once(tmp_path):
     _, bad = check_records([Record(video, 0)], timeout_s=1e-6)
     (record, reason), = bad
     assert reason.startswith("decoding: timed out after") and video not in reason  # the listing puts the path first
+
+
+def test_fifos_devices_and_huge_non_videos_are_bad_inputs_named_without_being_read(tmp_path, monkeypatch):
+    # A FIFO named .mp4 would block the reader until a writer comes, /dev/zero would never end, and a large file that
+    # is no video at all used to be read into memory whole before its first byte was looked at.
+    from common.errors import DecodeError
+    from data.prep import shards
+
+    os.mkfifo(tmp_path / "fifo.mp4")
+    os.symlink("/dev/zero", tmp_path / "zero.mp4")
+    with open(tmp_path / "image.mp4", "wb") as f:
+        f.truncate(2**30)  # 1 GiB of zeros, sparse on disk
+    good = write_index_video(tmp_path / "good.mp4", 6)
+    records = [Record(str(tmp_path / name), 0, "x") for name in ("fifo.mp4", "zero.mp4", "image.mp4")]
+    kept, bad = check_records([*records, Record(str(good), 0, "x")])
+    assert [r.path for r in kept] == [str(good)]
+    reasons = {os.path.basename(r.path): reason for r, reason in bad}
+    assert "not a regular file" in reasons["fifo.mp4"] and "not a regular file" in reasons["zero.mp4"], reasons
+    assert "not a readable video" in reasons["image.mp4"], reasons
+
+    opened = []
+    real_open = open
+    monkeypatch.setattr(shards, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k),
+                        raising=False)
+    for opts in (shards._options(None, None, 60.0), shards._options(None, 16, 60.0)):  # as stored, and re-encoded
+        with pytest.raises(DecodeError, match="not a readable video"):
+            shards._prepare(records[2], opts)
+    assert str(tmp_path / "image.mp4") not in opened  # refused from its header, never read
+    shards._prepare(Record(str(good), 0, "x"), shards._options(None, None, 60.0))
+    assert opened == [str(good)]  # the spy sees the reads it should
+    with pytest.raises(DecodeError, match="not a regular file"):
+        from data.decode import open_video
+
+        open_video(str(tmp_path / "fifo.mp4"))

@@ -124,6 +124,8 @@ def _check_exists(path: str) -> str | None:
     if os.path.isdir(path):
         if not any(name.lower().endswith(FRAME_SUFFIXES) for name in os.listdir(path)):
             return "empty: folder holds no .jpg/.png frames"
+    elif not os.path.isfile(path):  # a FIFO would block the reader, a device never end
+        return "not a regular file: a FIFO, socket or device"
     elif os.path.getsize(path) == 0:
         return "empty: file has 0 bytes"
     return None
@@ -147,6 +149,17 @@ def _video_info(video: decode.Video) -> dict[str, Any]:
     return {"num_frames": n, "fps": fps, "height": int(height), "width": int(width)}
 
 
+def _probe_header(path: str) -> None:
+    """DecodeError unless the file's container header opens (from the path: milliseconds), so that a file that is
+    no video at all (a 10 GB disk image named .mp4) is refused before all of it is read into memory."""
+    try:
+        with av.open(path, mode="r"):
+            pass
+    except (av.FFmpegError, OSError, ValueError, RuntimeError, EOFError) as err:
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise DecodeError(f"not a readable video ({first})") from err
+
+
 def _load(record: Record) -> tuple[bytes | None, dict[str, Any]]:
     """Check one input and decode all its frames; raises DecodeError with the reason.
 
@@ -159,6 +172,7 @@ def _load(record: Record) -> tuple[bytes | None, dict[str, Any]]:
     if _input_kind(record.path) != "video":
         with decode.open_video(record.path, modality=record.modality) as video:
             return None, _video_info(video)
+    _probe_header(record.path)
     with open(record.path, "rb") as f:
         data = f.read()
     # Probe the bytes, not the path: the shard reader only ever sees bytes.
@@ -249,6 +263,7 @@ def _encoded_sample(record: Record, opts: _Options) -> tuple[str, bytes, dict]:
     kind = _input_kind(record.path)
     source: str | bytes = record.path
     if kind == "video":
+        _probe_header(record.path)
         with open(record.path, "rb") as f:
             source = f.read()
     ext = _ext(record.path) if kind == "video" else None
