@@ -131,7 +131,9 @@ def resolve_shards(shards: str | os.PathLike | Iterable[str]) -> tuple[list[str]
             count = None
         missing = [p for p in found if not os.path.isfile(p)]
         if missing:
-            raise UserError(f"shard {missing[0]} does not exist; check the path (or rewrite the shards)")
+            there = os.path.exists(missing[0])
+            what = "is not a regular file (a folder, FIFO or device)" if there else "does not exist"
+            raise UserError(f"shard {missing[0]} {what}; check the path (or rewrite the shards)")
         paths += found
         num_samples = None if num_samples is None or count is None else num_samples + count
     if not paths:

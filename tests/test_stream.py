@@ -341,6 +341,9 @@ def test_resolve_shards_takes_folders_braces_and_quoted_shell_patterns(tmp_path)
         stream.resolve_shards(str(tmp_path / "nope-*.tar"))
     with pytest.raises(UserError, match=r"shard .*train-000002\.tar does not exist"):
         stream.resolve_shards(str(tmp_path / "train-{000000..000002}.tar"))
+    os.mkfifo(tmp_path / "fifo.tar")  # reading it would block until a writer came
+    with pytest.raises(UserError, match=r"shard .*fifo\.tar is not a regular file"):
+        stream.resolve_shards(str(tmp_path / "fifo.tar"))
 
 
 def test_an_index_that_contradicts_itself_is_refused(tmp_path):
