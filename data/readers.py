@@ -167,6 +167,17 @@ def _short(err: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+def check_container(path: str) -> None:
+    """DecodeError unless the container header of the file at ``path`` opens (from the path: milliseconds), so that
+    a file that is no video at all (a 10 GB disk image named .mp4) is refused before all of it is read into memory.
+    The message has no path in it: callers name the input."""
+    try:
+        with av.open(path, mode="r"):
+            pass
+    except _PYAV_ERRORS as err:
+        raise DecodeError(f"not a readable video ({_short(err)})") from err
+
+
 class _Reader:
     """What `Video` needs from a backend."""
 

@@ -156,10 +156,9 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} {getattr(args, flag)} is < 1; give 1 or more")
     from launch.checkpoint import check_writable
-    from launch.fields import MAX_SEED
+    from launch.fields import check_seed
 
-    if not 0 <= args.seed <= MAX_SEED:  # the demo and every fine-tuning take it: refused before either starts
-        raise UserError(f"--seed {args.seed} is outside [0, {MAX_SEED}]; use e.g. 0, 1, 2")
+    check_seed(args.seed)  # the demo and every fine-tuning take it: refused before either starts
 
     extra = shlex.split(args.finetune_flags)
     check_writable(args.out, "--out")

@@ -109,14 +109,19 @@ def validate_common(cfg: Any) -> None:
     drop_path = getattr(cfg, "drop_path", 0.0)
     if drop_path is not None and not 0 <= drop_path < 1:
         raise UserError(f"--drop-path {drop_path} is outside [0, 1); use e.g. 0.1 (0 = off)")
-    if not 0 <= cfg.seed <= MAX_SEED:
-        raise UserError(f"--seed {cfg.seed} is outside [0, {MAX_SEED}]; use e.g. 0, 1, 2")
+    check_seed(cfg.seed)
     check_sampling(cfg)
     check_clips_fit(cfg.batch_size, cfg.num_frames, cfg.input_size)  # a micro-batch no machine here can hold
 
 
 # Seeds above this leave no room for the per-rank seed (seed + rank) under numpy's 2**32 - 1.
 MAX_SEED = 2**31 - 1
+
+
+def check_seed(seed: int) -> None:
+    """`UserError` for a ``--seed`` outside [0, `MAX_SEED`]."""
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed {seed} is outside [0, {MAX_SEED}]; use e.g. 0, 1, 2")
 
 
 def check_sampling(cfg: Any) -> None:

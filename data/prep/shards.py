@@ -77,6 +77,7 @@ from common.files import atomic_write_text
 from data import decode
 from data.depth import depth_to_uint8
 from data.prep.manifest import Record, class_names, read_manifest, write_manifest
+from data.readers import check_container
 from data.timeout import decode_with_timeout
 from data.workers import worker_init
 
@@ -149,17 +150,6 @@ def _video_info(video: decode.Video) -> dict[str, Any]:
     return {"num_frames": n, "fps": fps, "height": int(height), "width": int(width)}
 
 
-def _probe_header(path: str) -> None:
-    """DecodeError unless the file's container header opens (from the path: milliseconds), so that a file that is
-    no video at all (a 10 GB disk image named .mp4) is refused before all of it is read into memory."""
-    try:
-        with av.open(path, mode="r"):
-            pass
-    except (av.FFmpegError, OSError, ValueError, RuntimeError, EOFError) as err:
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise DecodeError(f"not a readable video ({first})") from err
-
-
 def _load(record: Record) -> tuple[bytes | None, dict[str, Any]]:
     """Check one input and decode all its frames; raises DecodeError with the reason.
 
@@ -172,7 +162,7 @@ def _load(record: Record) -> tuple[bytes | None, dict[str, Any]]:
     if _input_kind(record.path) != "video":
         with decode.open_video(record.path, modality=record.modality) as video:
             return None, _video_info(video)
-    _probe_header(record.path)
+    check_container(record.path)
     with open(record.path, "rb") as f:
         data = f.read()
     # Probe the bytes, not the path: the shard reader only ever sees bytes.
@@ -263,7 +253,7 @@ def _encoded_sample(record: Record, opts: _Options) -> tuple[str, bytes, dict]:
     kind = _input_kind(record.path)
     source: str | bytes = record.path
     if kind == "video":
-        _probe_header(record.path)
+        check_container(record.path)
         with open(record.path, "rb") as f:
             source = f.read()
     ext = _ext(record.path) if kind == "video" else None
